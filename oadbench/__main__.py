@@ -1,0 +1,5 @@
+import sys
+
+from oadbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+"""Where oadbench finds the repository's ``methods/`` and ``protocols/`` folders and its cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def repo_dir(name: str) -> Path | None:
+    """``<repository>/<name>`` when oadbench runs from a source checkout (editable install), else None."""
+    candidate = _PACKAGE_DIR.parent / name
+    return candidate if candidate.is_dir() else None
+
+
+def cache_dir() -> Path:
+    """``$OADBENCH_CACHE``, else ``~/.cache/oadbench`` (``$XDG_CACHE_HOME`` respected)."""
+    env = os.environ.get("OADBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "oadbench"
