@@ -1,0 +1,326 @@
+"""Protocols: what is streamed, in which order, and when evaluation happens.
+
+A protocol is data — a YAML file in ``protocols/`` — parsed and validated into a frozen :class:`ProtocolSpec`.
+Unknown keys and out-of-range values raise :class:`~oadbench.errors.ConfigError` naming the key (e.g.
+``stream.order``) and the allowed values. The keys and their meaning:
+
+``training``            ``online`` or ``offline``: which form of the method runs (its published offline algorithm,
+                        or its online conversion).
+``stream.pool``         split the stream is drawn from: ``train``, ``test`` or ``train+test``.
+``stream.contamination`` fraction of anomalous images in the stream, 0 <= c < 1; anomalies are drawn from the test
+                        split. Only for ``pool: train``; with a pool holding the test split it must be null (the
+                        pool's natural ratio is used).
+``stream.overlap``      whether stream anomalies (and, for test pools, any streamed test image) may also be in the
+                        evaluation split; false removes them from it.
+``stream.order``        ``shuffled``, ``anomalies_first``, ``anomalies_last``, ``by_defect`` (anomalies arrive in
+                        bursts, one per defect type) or ``as_listed`` (dataset order).
+``stream.max_length``   cap on the number of streamed images (warm-up excluded); null streams the whole pool.
+``stream.batch_size``   images per ``observe`` call (warm-up included).
+``warmup.k``            normal training images observed before the stream (few-shot initialisation).
+``categories``          null: the run's ``dataset.category``; a list: a continual sequence of categories, one model.
+``evaluation.mode``     ``holdout`` (score the evaluation split at checkpoints) or ``prequential`` (score every
+                        stream batch before observing it; metrics over everything scored so far).
+``evaluation.checkpoints`` observed-image counts (warm-up included) at which to evaluate, or ``log2`` for
+                        0, 1, 2, 4, …; the end of the stream (and of each continual task) is always added.
+``evaluation.batch_size`` images per ``score`` call when scoring the evaluation split.
+``metrics``             metric names, a subset of :data:`METRICS`.
+``seeds``               the seeds a full benchmark of this protocol runs (sweeps and leaderboards use them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from oadbench.errors import ConfigError
+
+POOLS = ("train", "test", "train+test")
+ORDERS = ("shuffled", "anomalies_first", "anomalies_last", "by_defect", "as_listed")
+TRAINING = ("online", "offline")
+EVAL_MODES = ("holdout", "prequential")
+METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
+IMAGE_METRICS = METRICS[:3]
+PIXEL_METRICS = METRICS[3:]
+CHECKPOINT_SCHEDULES = ("log2",)
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    pool: str = "train"
+    contamination: float | None = 0.0
+    overlap: bool = False
+    order: str = "shuffled"
+    max_length: int | None = None
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class WarmupSpec:
+    k: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    mode: str = "holdout"
+    checkpoints: tuple[int, ...] | str = "log2"
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    name: str
+    description: str = ""
+    training: str = "online"
+    stream: StreamSpec = StreamSpec()
+    warmup: WarmupSpec = WarmupSpec()
+    categories: tuple[str, ...] | None = None
+    evaluation: EvaluationSpec = EvaluationSpec()
+    metrics: tuple[str, ...] = METRICS
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "protocol") -> ProtocolSpec:
+        """Parse and validate; errors name the key as ``<source>: <dotted key>``."""
+        return _parse(data, source)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["evaluation"]["checkpoints"] = (
+            list(self.evaluation.checkpoints)
+            if not isinstance(self.evaluation.checkpoints, str)
+            else self.evaluation.checkpoints
+        )
+        out["metrics"] = list(self.metrics)
+        out["seeds"] = list(self.seeds)
+        out["categories"] = list(self.categories) if self.categories is not None else None
+        return out
+
+    @property
+    def continual(self) -> bool:
+        return self.categories is not None and len(self.categories) > 1
+
+    def checkpoints(self, total: int, task_ends: Sequence[int] = ()) -> list[int]:
+        """Sorted observed-image counts at which to evaluate, for a run observing ``total`` images in all.
+
+        Counts above ``total`` are dropped; ``total`` and each continual task's end are always included.
+        """
+        spec = self.evaluation.checkpoints
+        if isinstance(spec, str):  # log2
+            points = {0}
+            p = 1
+            while p < total:
+                points.add(p)
+                p *= 2
+        else:
+            points = {c for c in spec if c <= total}
+        points.update(task_ends)
+        points.add(total)
+        return sorted(points)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# parsing and validation
+
+
+def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
+    if not isinstance(data, Mapping):
+        raise ConfigError(source, f"a protocol must be a mapping, got {type(data).__name__}")
+    top = _check_keys(data, ProtocolSpec, source, "")
+    name = top.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{source}: name", "must be a non-empty string")
+    stream_d = _section(top, "stream", source)
+    warm_d = _section(top, "warmup", source)
+    eval_d = _section(top, "evaluation", source)
+    _check_keys(stream_d, StreamSpec, source, "stream.")
+    _check_keys(warm_d, WarmupSpec, source, "warmup.")
+    _check_keys(eval_d, EvaluationSpec, source, "evaluation.")
+
+    d = StreamSpec()
+    stream = StreamSpec(
+        pool=_choice(stream_d.get("pool", d.pool), POOLS, source, "stream.pool"),
+        contamination=_optional_float(stream_d.get("contamination", d.contamination), source,
+                                      "stream.contamination", lo=0.0, hi=1.0, hi_open=True),
+        overlap=_bool(stream_d.get("overlap", d.overlap), source, "stream.overlap"),
+        order=_choice(stream_d.get("order", d.order), ORDERS, source, "stream.order"),
+        max_length=_optional_int(stream_d.get("max_length", d.max_length), source, "stream.max_length", lo=0),
+        batch_size=_int(stream_d.get("batch_size", d.batch_size), source, "stream.batch_size", lo=1),
+    )
+    if stream.pool != "train" and stream.contamination not in (None, 0.0):
+        raise ConfigError(
+            f"{source}: stream.contamination",
+            f"must be null when stream.pool is '{stream.pool}' (the pool's natural anomaly ratio is used); "
+            "set stream.pool: train to inject a fixed fraction of anomalies",
+        )
+    if stream.pool != "train":
+        stream = StreamSpec(**{**asdict(stream), "contamination": None})
+    elif stream.contamination is None:
+        stream = StreamSpec(**{**asdict(stream), "contamination": 0.0})
+
+    warmup = WarmupSpec(k=_int(warm_d.get("k", 0), source, "warmup.k", lo=0))
+
+    de = EvaluationSpec()
+    checkpoints = eval_d.get("checkpoints", de.checkpoints)
+    if isinstance(checkpoints, str):
+        checkpoints = _choice(checkpoints, CHECKPOINT_SCHEDULES, source, "evaluation.checkpoints")
+    elif isinstance(checkpoints, Sequence):
+        checkpoints = tuple(
+            sorted({_int(c, source, f"evaluation.checkpoints[{i}]", lo=0) for i, c in enumerate(checkpoints)})
+        )
+    else:
+        raise ConfigError(f"{source}: evaluation.checkpoints",
+                          f"must be a list of observed-image counts or one of {CHECKPOINT_SCHEDULES}, "
+                          f"got {checkpoints!r}")
+    evaluation = EvaluationSpec(
+        mode=_choice(eval_d.get("mode", de.mode), EVAL_MODES, source, "evaluation.mode"),
+        checkpoints=checkpoints,
+        batch_size=_int(eval_d.get("batch_size", de.batch_size), source, "evaluation.batch_size", lo=1),
+    )
+
+    metrics = top.get("metrics", METRICS)
+    if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not metrics:
+        raise ConfigError(f"{source}: metrics", "must be a non-empty list of metric names", allowed=METRICS)
+    for i, m in enumerate(metrics):
+        _choice(m, METRICS, source, f"metrics[{i}]")
+
+    seeds = top.get("seeds", (0, 1, 2))
+    if isinstance(seeds, str) or not isinstance(seeds, Sequence) or not seeds:
+        raise ConfigError(f"{source}: seeds", "must be a non-empty list of integers")
+    seeds = tuple(_int(s, source, f"seeds[{i}]", lo=0) for i, s in enumerate(seeds))
+
+    categories = top.get("categories")
+    if categories is not None:
+        if isinstance(categories, str) or not isinstance(categories, Sequence) or not categories:
+            raise ConfigError(f"{source}: categories", "must be null or a non-empty list of category names")
+        for i, c in enumerate(categories):
+            if not isinstance(c, str) or not c:
+                raise ConfigError(f"{source}: categories[{i}]", f"must be a category name, got {c!r}")
+        if len(set(categories)) != len(categories):
+            raise ConfigError(f"{source}: categories", "lists a category twice")
+        categories = tuple(categories)
+
+    description = top.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{source}: description", "must be a string")
+    return ProtocolSpec(
+        name=name,
+        description=description.strip(),
+        training=_choice(top.get("training", "online"), TRAINING, source, "training"),
+        stream=stream,
+        warmup=warmup,
+        categories=categories,
+        evaluation=evaluation,
+        metrics=tuple(dict.fromkeys(metrics)),
+        seeds=seeds,
+    )
+
+
+def _check_keys(data: Mapping[str, Any], spec_cls: type, source: str, prefix: str) -> Mapping[str, Any]:
+    allowed = list(spec_cls.__dataclass_fields__)
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{source}: {prefix}{key}", "unknown key", allowed=[prefix + a for a in allowed])
+    return data
+
+
+def _section(top: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]:
+    value = top.get(key) or {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{source}: {key}", f"must be a mapping, got {value!r}")
+    return value
+
+
+def _choice(value: Any, allowed: Sequence[str], source: str, key: str) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(f"{source}: {key}", f"{value!r} is not valid", allowed=allowed)
+    return value
+
+
+def _bool(value: Any, source: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: {key}", f"must be true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any, source: str, key: str, lo: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{source}: {key}", f"must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(f"{source}: {key}", f"must be >= {lo}, got {value}")
+    return value
+
+
+def _optional_int(value: Any, source: str, key: str, lo: int | None = None) -> int | None:
+    return None if value is None else _int(value, source, key, lo)
+
+
+def _optional_float(value: Any, source: str, key: str, lo: float, hi: float, hi_open: bool) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{source}: {key}", f"must be a number, got {value!r}")
+    value = float(value)
+    if not (lo <= value and (value < hi if hi_open else value <= hi)):
+        bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
+        raise ConfigError(f"{source}: {key}", f"must be in {bound}, got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# finding protocol files
+
+
+def protocol_dirs() -> list[Path]:
+    """Directories searched for ``<name>.yaml``: ``./protocols`` (a researcher's own) then the repository's."""
+    from oadbench.paths import repo_dir
+
+    dirs = [Path.cwd() / "protocols"]
+    repo = repo_dir("protocols")
+    if repo is not None:
+        dirs.append(repo)
+    out: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def protocol_files() -> dict[str, Path]:
+    """Protocol name -> YAML file, the first directory of :func:`protocol_dirs` winning."""
+    found: dict[str, Path] = {}
+    for d in protocol_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            found.setdefault(f.stem, f)
+    return found
+
+
+def protocol_names() -> list[str]:
+    return sorted(protocol_files())
+
+
+def read_protocol_file(path: Path) -> dict[str, Any]:
+    """The raw mapping of a protocol YAML file (validated later by :meth:`ProtocolSpec.from_dict`)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError("protocol", f"cannot read protocol file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("protocol", f"protocol file {path} must hold a mapping")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def load_protocol(name_or_path: str) -> ProtocolSpec:
+    """A shipped protocol by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) and path.is_file():
+        return ProtocolSpec.from_dict(read_protocol_file(path), source=f"protocol '{path}'")
+    files = protocol_files()
+    if name_or_path not in files:
+        raise ConfigError("protocol", f"unknown protocol '{name_or_path}'", allowed=sorted(files))
+    f = files[name_or_path]
+    return ProtocolSpec.from_dict(read_protocol_file(f), source=f"protocol '{name_or_path}' ({f.name})")
