@@ -1,0 +1,157 @@
+"""PaDiM: a Gaussian per patch position (Defard, Setkov, Loesch, Audigier, "PaDiM: a Patch Distribution Modeling
+Framework for Anomaly Detection and Localization", ICPR 2021, arXiv:2011.08785).
+
+Algorithm (published defaults): backbone levels 1-3, each resized to level 1's grid (nearest) and concatenated; a
+fixed random subset of ``n_features`` channels (the subset is part of the model, drawn from the run's seed); at
+every position a Gaussian with mean μ and covariance Σ + ε·I (ε = 0.01); patch score = Mahalanobis distance to
+its position's Gaussian; bilinear upsampling to the image, Gaussian blur σ = 4; image score = max of the map.
+
+Forms:
+- ``offline`` (the paper): ``observe`` stores the embeddings; ``consolidate`` computes μ and the unbiased Σ
+  (divisor n - 1) in float64 in one two-pass computation.
+- ``online``: per-position running mean and co-moment matrix merged batch by batch with Chan et al.'s parallel
+  update (exact for any batch sizes, float64); the precision matrices are recomputed lazily before scoring
+  when new images were observed since the last inversion.
+
+Interpretations: the paper fixes d for ResNet-18 (100 of 448) and WRN-50 (550 of 1792); for other backbones
+``n_features=None`` keeps min(C, 100) channels. With n < 2 observed images the covariance is ε·I alone (n = 1) or
+the identity with μ = 0 (n = 0, cold start: the score is the Euclidean norm of the embedding), so scores are
+always finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from oadbench.components import concat_levels, upsample_maps
+from oadbench.errors import ConfigError
+from oadbench.method import Batch, Method, MethodContext, Scores, register_method, tensor_bytes
+
+PUBLISHED_DIMS = {1792: 550, 448: 100}  # WRN-50 and ResNet-18 channel totals of levels 1-3
+
+
+@register_method("padim")
+class PaDiM(Method):
+    description = "Gaussian per patch position, Mahalanobis distance (Defard et al., ICPR 2021)"
+
+    @dataclass(frozen=True)
+    class Config:
+        layers: tuple[int, ...] = (1, 2, 3)
+        n_features: int | None = None  # random channel subset; None: 550 for WRN-50, 100 for R18, else min(C, 100)
+        epsilon: float = 0.01  # added to the covariance diagonal
+        sigma: float = 4.0  # Gaussian blur of the map, pixels
+
+        def __post_init__(self) -> None:
+            if self.n_features is not None and self.n_features < 1:
+                raise ConfigError("method.n_features", f"must be >= 1 or null, got {self.n_features}")
+            if self.epsilon <= 0:
+                raise ConfigError("method.epsilon", f"must be > 0, got {self.epsilon}")
+            if self.sigma < 0:
+                raise ConfigError("method.sigma", f"must be >= 0, got {self.sigma}")
+
+    def __init__(self, config: Config, context: MethodContext):
+        super().__init__(config, context)
+        total = sum(context.channels)
+        d = config.n_features if config.n_features is not None else PUBLISHED_DIMS.get(total, min(total, 100))
+        if d > total:
+            raise ConfigError("method.n_features", f"{d} exceeds the {total} channels of levels {config.layers}")
+        gen = torch.Generator().manual_seed(context.seed)
+        self.channel_index = torch.randperm(total, generator=gen)[:d].sort().values.to(self.device)
+        self.d = d
+        self.n = 0
+        self.mean: torch.Tensor | None = None  # (P, d) float64
+        self.comoment: torch.Tensor | None = None  # (P, d, d) float64: Σ (x - μ)(x - μ)ᵀ
+        self._stored: list[torch.Tensor] = []  # offline: (b, P, d) float32 embeddings
+        self._precision: torch.Tensor | None = None  # (P, d, d) float32
+        self._stale = True
+
+    # ---------------------------------------------------------------------------------------------------------
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """(B, P, d) embeddings, P = h·w positions of level ``layers[0]``."""
+        emb = concat_levels(batch.features, mode="nearest")
+        emb = emb.index_select(1, self.channel_index)
+        self._grid = emb.shape[-2:]
+        return emb.flatten(2).transpose(1, 2)
+
+    def observe(self, batch: Batch) -> None:
+        emb = self.embed(batch)
+        if self.context.mode == "offline":
+            self._stored.append(emb.float().cpu())
+        else:
+            self._merge(emb.double())
+        self._stale = True
+
+    def _merge(self, x: torch.Tensor) -> None:
+        """Chan et al.'s pairwise update of (n, mean, co-moment) with a batch x (b, P, d), in place."""
+        b = x.shape[0]
+        m_b = x.mean(0)
+        if self.n == 0:
+            self.mean = m_b
+            self.comoment = torch.zeros(x.shape[1], self.d, self.d, dtype=x.dtype, device=x.device)
+        if b > 1:  # the batch's own co-moment (zero for a single image)
+            y = (x - m_b).permute(1, 2, 0)
+            self.comoment.baddbmm_(y, y.transpose(1, 2))
+        if self.n > 0:
+            n = self.n + b
+            delta = (m_b - self.mean).unsqueeze(2)
+            self.comoment.baddbmm_(delta, delta.transpose(1, 2), alpha=self.n * b / n)
+            self.mean += delta.squeeze(2) * (b / n)
+        self.n += b
+
+    def consolidate(self) -> None:
+        if self.context.mode == "offline" and self._stale and self._stored:
+            x = torch.cat(self._stored)  # (N, P, d) float32, CPU
+            self.n = x.shape[0]
+            P = x.shape[1]
+            self.mean = torch.empty(P, self.d, dtype=torch.float64, device=self.device)
+            self.comoment = torch.empty(P, self.d, self.d, dtype=torch.float64, device=self.device)
+            for s in range(0, P, 512):  # two-pass mean / co-moment, a block of positions at a time
+                block = x[:, s:s + 512].to(self.device, torch.float64)
+                mean = block.mean(0)
+                y = (block - mean).permute(1, 2, 0)
+                self.mean[s:s + 512] = mean
+                torch.bmm(y, y.transpose(1, 2), out=self.comoment[s:s + 512])
+        self._update_precision()
+
+    def statistics(self) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """(n, mean (P,d), covariance (P,d,d) without ε) in float64, after consolidating."""
+        self.consolidate()
+        if self.n == 0:
+            return 0, None, None
+        return self.n, self.mean, self.comoment / max(self.n - 1, 1)
+
+    def _update_precision(self) -> None:
+        if not self._stale:
+            return
+        if self.context.mode == "offline" and self._stored and self.mean is None:
+            self.consolidate()
+            return
+        if self.n == 0:
+            self._precision = None
+        else:
+            eye = torch.eye(self.d, dtype=torch.float64, device=self.device)
+            cov = self.comoment / max(self.n - 1, 1) + self.config.epsilon * eye
+            self._precision = torch.cholesky_inverse(torch.linalg.cholesky(cov)).float()
+        self._stale = False
+
+    # ---------------------------------------------------------------------------------------------------------
+
+    def score(self, batch: Batch) -> Scores:
+        emb = self.embed(batch).float()
+        if self._stale:
+            self.consolidate()
+        if self._precision is None:  # cold start: no Gaussian yet
+            dist = emb.norm(dim=-1)
+        else:
+            diff = (emb - self.mean.float()).transpose(0, 1)  # (P, B, d)
+            m2 = torch.einsum("pbi,pbi->pb", torch.bmm(diff, self._precision), diff)
+            dist = m2.clamp_min(0).sqrt().transpose(0, 1)
+        grid = dist.reshape(emb.shape[0], *self._grid)
+        maps = upsample_maps(grid, tuple(batch.images.shape[-2:]), self.config.sigma)
+        return Scores(image=maps.flatten(1).amax(1), maps=maps)
+
+    def footprint(self) -> int:
+        return tensor_bytes(self.mean, self.comoment, self._precision, self.channel_index, *self._stored)
