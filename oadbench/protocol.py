@@ -37,14 +37,13 @@ from typing import Any
 import yaml
 
 from oadbench.errors import ConfigError
+from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS
 
 POOLS = ("train", "test", "train+test")
 ORDERS = ("shuffled", "anomalies_first", "anomalies_last", "by_defect", "as_listed")
 TRAINING = ("online", "offline")
 EVAL_MODES = ("holdout", "prequential")
-METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
-IMAGE_METRICS = METRICS[:3]
-PIXEL_METRICS = METRICS[3:]
+METRICS = IMAGE_METRICS + PIXEL_METRICS
 CHECKPOINT_SCHEDULES = ("log2",)
 
 
