@@ -1,0 +1,157 @@
+"""The ``oadbench`` command: ``run`` (Hydra), ``list``, ``data``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from oadbench.errors import ConfigError, OadbenchError
+
+log = logging.getLogger("oadbench")
+
+USAGE = """\
+usage: oadbench <command> [...]
+
+commands:
+  run  [KEY=VALUE ...]          one run (or a sweep with -m), configured with Hydra overrides, e.g.
+                                oadbench run protocol=online_cold_start method=padim dataset=synthetic seed=0
+  list methods|protocols|datasets
+  data synthetic [--root DIR]   write the embedded synthetic dataset (MVTec layout)
+
+`oadbench run --help` shows the full configuration; `oadbench run --cfg job` prints the resolved one.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command == "run":
+            return _run(rest)
+        if command == "list":
+            return _list(rest)
+        if command == "data":
+            return _data(rest)
+    except OadbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"error: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+# --------------------------------------------------------------------------------------------------------------
+# run
+
+
+def _group_choices(overrides: Sequence[str]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Check ``protocol=``, ``method=`` and ``dataset=`` choices before Hydra sees them, so an unknown name is
+    one clear error listing the valid ones. Protocol YAML paths are registered under their file stem."""
+    from oadbench.data import dataset_names
+    from oadbench.method import method_names
+    from oadbench.protocol import protocol_names, read_protocol_file
+
+    valid = {"protocol": protocol_names(), "method": method_names(), "dataset": dataset_names()}
+    extra: dict[str, dict[str, Any]] = {}
+    out = []
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        if sep and key in valid and value:
+            names = []
+            for choice in value.split(","):
+                choice = choice.strip()
+                if key == "protocol" and choice.endswith((".yaml", ".yml")) and Path(choice).is_file():
+                    node = read_protocol_file(Path(choice))
+                    extra[Path(choice).stem] = node
+                    names.append(Path(choice).stem)
+                    continue
+                if choice not in valid[key]:
+                    raise ConfigError(key, f"unknown {key} '{choice}'", allowed=valid[key])
+                names.append(choice)
+            arg = f"{key}={','.join(names)}"
+        out.append(arg)
+    return out, extra
+
+
+def _run(overrides: list[str]) -> int:
+    import hydra
+    from omegaconf import DictConfig, OmegaConf
+
+    from oadbench.config import PRIMARY, register_configs
+
+    overrides, extra = _group_choices(overrides)
+    register_configs(extra)
+
+    def task(cfg: DictConfig) -> None:
+        from oadbench.report import format_record
+        from oadbench.runner import run
+
+        config = OmegaConf.to_container(cfg, resolve=True)
+        try:
+            record = run(config)
+        except OadbenchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        print(format_record(record))
+
+    saved = sys.argv
+    sys.argv = ["oadbench run", *overrides]
+    try:
+        hydra.main(config_path=None, config_name=PRIMARY, version_base="1.3")(task)()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# list, data
+
+
+def _list(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="oadbench list")
+    parser.add_argument("what", choices=["methods", "protocols", "datasets"])
+    what = parser.parse_args(args).what
+    rows: list[tuple[str, str]] = []
+    if what == "methods":
+        from oadbench.method import get_method, method_names
+
+        rows = [(n, get_method(n).description) for n in method_names()]
+    elif what == "protocols":
+        from oadbench.protocol import load_protocol, protocol_names
+
+        for n in protocol_names():
+            spec = load_protocol(n)
+            rows.append((n, f"[{spec.training}, {spec.evaluation.mode}, pool={spec.stream.pool}] {spec.description}"))
+    else:
+        from oadbench.data import dataset_names, get_dataset
+
+        rows = [(n, get_dataset(n).description) for n in dataset_names()]
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, text in rows:
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def _data(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="oadbench data")
+    sub = parser.add_subparsers(dest="action", required=True)
+    syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in MVTec AD layout")
+    syn.add_argument("--root", type=Path, default=None, help="target directory (default: the cache)")
+    ns = parser.parse_args(args)
+    if ns.action == "synthetic":
+        from oadbench.data.synthetic import write_synthetic
+
+        path = write_synthetic(ns.root) if ns.root is not None else write_synthetic()
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,720 @@
+"""One run: resolve and validate the config, stream images to the method, evaluate, measure cost, write the record.
+
+Flow (nothing flows backwards): config -> :func:`prepare` (protocol, method config, dataset, stream plan; every
+validation error happens here, before anything is written) -> :func:`execute` (backbone, method, stream loop,
+evaluations, cost meters) -> run record (atomic JSON) and W&B.
+
+Frozen backbone features are extracted once per distinct image per run: each task's evaluation split is
+extracted before its stream starts and reused at every checkpoint (and for streamed images that are also in the
+evaluation split); stream images are extracted when streamed. ``cost.backbone_images`` counts every image passed
+through the backbone, ``data.distinct_images`` the distinct ones; they are equal.
+
+Records and bad input: a ConfigError / DataError / WeightsUnavailableError (bad input) never leaves a record; any
+other failure after the run started writes ``status: failed`` with the error — unless a finished record of the
+same run exists, which is never overwritten by a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import platform
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import oadbench
+from oadbench.cost import CostMeter
+from oadbench.data import CategoryData, ImageTransform, Sample, get_dataset
+from oadbench.errors import ConfigError, DataError, MethodError, WeightsUnavailableError
+from oadbench.features import DEFAULT_BACKBONE, FrozenBackbone
+from oadbench.method import Batch, Method, MethodContext, build_config, get_method
+from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS, image_metrics, pixel_metrics, summarise_curve
+from oadbench.protocol import ProtocolSpec
+from oadbench.results import (
+    FAILED,
+    FINISHED,
+    SCHEMA_VERSION,
+    identity_hash,
+    is_finished,
+    read_record,
+    record_path,
+    write_record,
+)
+from oadbench.stream import StreamPlan, TaskPlan, build_plan, plan_digest
+from oadbench.tracking import WANDB_MODES, Tracker, map_panel
+
+log = logging.getLogger("oadbench")
+
+INPUT_ERRORS = (ConfigError, DataError, WeightsUnavailableError)
+RUN_KEYS = ("protocol", "method", "dataset", "backbone", "image_size", "center_crop", "seed", "device",
+            "results_dir", "force", "wandb", "progress", "threads")
+
+
+@dataclass
+class Prepared:
+    """A validated run, ready to execute."""
+
+    config: dict[str, Any]  # resolved, plain
+    spec: ProtocolSpec
+    method_cls: type[Method]
+    method_config: Any
+    datas: list[CategoryData]
+    plan: StreamPlan
+    transform: ImageTransform
+    device: torch.device
+    identity: dict[str, Any]
+    run_hash: str
+    path: Path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# preparation and validation
+
+
+def prepare(config: Mapping[str, Any]) -> Prepared:
+    """Validate ``config`` and resolve everything a run needs; raises ConfigError/DataError on bad input."""
+    cfg = {k: v for k, v in config.items()}
+    unknown = [k for k in cfg if k not in RUN_KEYS]
+    if unknown:
+        raise ConfigError(unknown[0], "unknown configuration key", allowed=RUN_KEYS)
+
+    proto = _mapping(cfg, "protocol")
+    spec = ProtocolSpec.from_dict(proto, source=f"protocol '{proto.get('name', '?')}'")
+
+    mcfg = _mapping(cfg, "method")
+    method_cls = get_method(_str(mcfg, "name", "method.name"))
+    method_config = build_config(method_cls, mcfg)
+
+    dcfg = _mapping(cfg, "dataset")
+    loader = get_dataset(_str(dcfg, "name", "dataset.name"))
+    options = {k: v for k, v in dcfg.items() if k not in ("name", "root", "category")}
+    for key in options:
+        if key not in loader.options:
+            raise ConfigError(f"dataset.{key}", f"unknown option of dataset '{loader.name}'",
+                              allowed=["dataset.root", "dataset.category", *[f"dataset.{k}" for k in loader.options]])
+    root = dcfg.get("root")
+    if root is None:
+        root = loader.default_root()
+        if root is None:
+            raise ConfigError("dataset.root", f"is required for dataset '{loader.name}'; expected layout:\n"
+                              f"{loader.layout.rstrip()}")
+    root = Path(str(root)).expanduser()
+    if spec.categories is not None:
+        categories = list(spec.categories)
+    elif dcfg.get("category") is not None:
+        categories = [str(dcfg["category"])]
+    else:
+        available = loader.categories(root)
+        if not available:
+            raise DataError(f"dataset '{loader.name}' at {root}: no category found; expected layout:\n"
+                            f"{loader.layout.rstrip()}")
+        categories = [available[0]]
+    datas = [loader.load(root, c, **options) for c in categories]
+
+    seed = _int(cfg.get("seed", 0), "seed", lo=0)
+    plan = build_plan(spec, datas, seed)
+
+    image_size = _int(cfg.get("image_size", 256), "image_size", lo=32)
+    crop = cfg.get("center_crop")
+    if crop is not None:
+        crop = _int(crop, "center_crop", lo=16)
+        if crop > image_size:
+            raise ConfigError("center_crop", f"must be <= image_size ({image_size}), got {crop}")
+    device = _device(str(cfg.get("device", "cpu")))
+
+    bcfg = dict(cfg.get("backbone") or {})
+    for key in bcfg:
+        if key not in ("name", "weights"):
+            raise ConfigError(f"backbone.{key}", "unknown key", allowed=["backbone.name", "backbone.weights"])
+    backbone = {"name": str(bcfg.get("name", DEFAULT_BACKBONE)), "weights": str(bcfg.get("weights", "auto"))}
+
+    wcfg = dict(cfg.get("wandb") or {})
+    wandb_cfg = {"mode": wcfg.pop("mode", "offline"), "project": wcfg.pop("project", "oadbench"),
+                 "entity": wcfg.pop("entity", None), "log_images": wcfg.pop("log_images", 4)}
+    if wcfg:
+        raise ConfigError(f"wandb.{next(iter(wcfg))}", "unknown key",
+                          allowed=["wandb.mode", "wandb.project", "wandb.entity", "wandb.log_images"])
+    if wandb_cfg["mode"] not in WANDB_MODES:
+        raise ConfigError("wandb.mode", f"{wandb_cfg['mode']!r} is not valid", allowed=WANDB_MODES)
+    _int(wandb_cfg["log_images"], "wandb.log_images", lo=0)
+
+    threads = cfg.get("threads")
+    if threads is not None:
+        _int(threads, "threads", lo=1)
+    force = cfg.get("force", False)
+    if not isinstance(force, bool):
+        raise ConfigError("force", f"must be true or false, got {force!r}")
+
+    dataset_identity = {"name": loader.name, "categories": categories, "options": options}
+    identity = {
+        "protocol": spec.to_dict(),
+        "method": {"name": method_cls.name, **_plain(dataclasses.asdict(method_config))},
+        "dataset": dataset_identity,
+        "backbone": backbone,
+        "input": {"image_size": image_size, "center_crop": crop},
+        "seed": seed,
+    }
+    run_hash = identity_hash(identity)
+    results_dir = Path(str(cfg.get("results_dir", "results"))).expanduser()
+    category_label = categories[0] if len(categories) == 1 else "+".join(categories)
+    path = record_path(results_dir, spec.name, loader.name, method_cls.name, category_label, seed, run_hash)
+    resolved = {
+        "protocol": spec.to_dict(),
+        "method": identity["method"],
+        "dataset": {"name": loader.name, "root": str(root), "category": category_label, **options},
+        "backbone": backbone,
+        "image_size": image_size,
+        "center_crop": crop,
+        "seed": seed,
+        "device": str(device),
+        "results_dir": str(results_dir),
+        "force": force,
+        "wandb": wandb_cfg,
+        "progress": bool(cfg.get("progress", True)),
+        "threads": threads,
+    }
+    return Prepared(resolved, spec, method_cls, method_config, datas, plan, ImageTransform(image_size, crop),
+                    device, identity, run_hash, path)
+
+
+def run(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Prepare and execute one run; skip it (returning the existing record) if it already finished."""
+    prep = prepare(config)
+    if not prep.config["force"] and is_finished(prep.path):
+        log.info("skipped: a finished record exists at %s (force=true reruns)", prep.path)
+        record = read_record(prep.path)
+        assert record is not None
+        record["skipped"] = True
+        return record
+    return execute(prep)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# execution
+
+
+@dataclass
+class EvalSet:
+    """A task's evaluation split, loaded and passed through the backbone once."""
+
+    indices: list[int]
+    images: torch.Tensor  # uint8 (N,3,H,W), CPU
+    masks: torch.Tensor  # bool (N,H,W), CPU
+    labels: np.ndarray  # (N,)
+    features: list[torch.Tensor]  # per level (N,C,h,w), on the run device
+    has_masks: bool
+    position: dict[int, int] = field(default_factory=dict)  # sample index -> row
+
+
+class Execution:
+    def __init__(self, prep: Prepared):
+        self.prep = prep
+        self.cfg = prep.config
+        self.spec = prep.spec
+        self.checkpoints: list[dict[str, Any]] = []
+        self.backbone_images = 0
+        self.distinct: set[tuple[int, int]] = set()
+        self.observed = 0
+        self.panels: list[tuple[str, np.ndarray]] = []
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="oadbench-io")
+
+    # ---- setup --------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        p = self.prep
+        if self.cfg["threads"]:
+            torch.set_num_threads(self.cfg["threads"])
+        torch.manual_seed(self.cfg["seed"])
+        levels = p.method_cls.feature_levels(p.method_config)
+        self.backbone = FrozenBackbone(self.cfg["backbone"]["name"], levels, self.cfg["backbone"]["weights"],
+                                       p.device)
+        info = self.backbone.info
+        context = MethodContext(
+            mode=self.spec.training, device=p.device, seed=self.cfg["seed"],
+            image_size=p.transform.output_size, backbone=info.name, channels=info.channels, strides=info.strides,
+        )
+        self.method = p.method_cls(p.method_config, context)
+        self.meter = CostMeter(p.device)
+        self.eval_sets: dict[int, EvalSet] = {}
+
+    # ---- data ---------------------------------------------------------------------------------------------
+
+    def _load(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = list(self.pool.map(self.prep.transform.load, samples))
+        return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
+
+    def _extract(self, task: int, indices: Sequence[int], images: torch.Tensor, kind: str) -> list[torch.Tensor]:
+        with self.meter.measure(kind, len(indices)):
+            feats = self.backbone(images)
+        self.backbone_images += len(indices)
+        self.distinct.update((task, i) for i in indices)
+        return feats
+
+    def eval_set(self, t: int) -> EvalSet:
+        if t in self.eval_sets:
+            return self.eval_sets[t]
+        task, data = self.prep.plan.tasks[t], self.prep.datas[t]
+        samples = [data.samples[i] for i in task.eval]
+        images, masks = self._load(samples)
+        bs = self.spec.evaluation.batch_size
+        chunks = [self._extract(t, task.eval[s:s + bs], images[s:s + bs], "backbone_eval")
+                  for s in range(0, len(samples), bs)]
+        features = [torch.cat([c[level] for c in chunks]) for level in range(len(chunks[0]))]
+        labels = np.array([s.label for s in samples], dtype=np.int64)
+        has_masks = all(s.mask_path is not None for s in samples if s.is_anomalous)
+        es = EvalSet(list(task.eval), images, masks, labels, features, has_masks,
+                     {i: r for r, i in enumerate(task.eval)})
+        self.eval_sets[t] = es
+        return es
+
+    def _batches(self, t: int, indices: Sequence[int], stops: set[int]) -> Iterator[tuple[list[int], Future]]:
+        """Batches of ``stream.batch_size`` that never cross a checkpoint; the next batch loads while the
+        current one is processed."""
+        data = self.prep.datas[t]
+        bs = self.spec.stream.batch_size
+        groups: list[list[int]] = []
+        pos, observed = 0, self.observed
+        while pos < len(indices):
+            size = bs
+            upcoming = [s - observed for s in stops if s > observed]
+            if upcoming:
+                size = min(size, min(upcoming))
+            groups.append(list(indices[pos:pos + size]))
+            pos += size
+            observed += size
+        futures: list[Future] = []
+        for i, g in enumerate(groups):
+            while len(futures) <= i + 1 and len(futures) < len(groups):
+                nxt = groups[len(futures)]
+                futures.append(self.pool.submit(self._load, [data.samples[j] for j in nxt]))
+            yield g, futures[i]
+
+    def _stream_batch(self, t: int, idx: list[int], images: torch.Tensor) -> Batch:
+        es = self.eval_sets.get(t)
+        if es is not None and all(i in es.position for i in idx):  # overlap: reuse evaluation features
+            rows = torch.tensor([es.position[i] for i in idx])
+            feats = [f.index_select(0, rows.to(f.device)) for f in es.features]
+        else:
+            feats = self._extract(t, idx, images, "backbone_stream")
+        return Batch(self.backbone.normalise(images), tuple(feats))
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+
+    def _check_finite(self, scores: torch.Tensor, maps: torch.Tensor) -> None:
+        if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
+            raise MethodError(f"method '{self.prep.method_cls.name}' produced non-finite (NaN or infinite) scores "
+                              f"at the checkpoint after {self.observed} observed images")
+
+    def score_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        es = self.eval_set(t)
+        bs = self.spec.evaluation.batch_size
+        scores, maps = [], []
+        for s in range(0, len(es.indices), bs):
+            batch = Batch(self.backbone.normalise(es.images[s:s + bs]), tuple(f[s:s + bs] for f in es.features))
+            with self.meter.measure("score", len(batch)):
+                out = self.method.score(batch)
+            self._check_finite(out.image, out.maps)
+            scores.append(out.image.detach().float().cpu())
+            maps.append(out.maps.detach().float().cpu())
+        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+    def metrics(self, scores: np.ndarray, labels: np.ndarray, maps: np.ndarray | None,
+                masks: np.ndarray | None) -> dict[str, float]:
+        wanted = self.spec.metrics
+        out = image_metrics(scores, labels, names=[m for m in wanted if m in IMAGE_METRICS])
+        pix = [m for m in wanted if m in PIXEL_METRICS]
+        if pix:
+            if maps is not None and masks is not None:
+                out.update(pixel_metrics(maps, masks, names=pix))
+            else:
+                out.update({m: float("nan") for m in pix})
+        return {m: out[m] for m in wanted}
+
+    def evaluate_holdout(self, t_current: int, task_end: bool) -> None:
+        with self.meter.measure("consolidate", 0):
+            self.method.consolidate()
+        per_category: dict[str, dict[str, float]] = {}
+        final_maps = None
+        for t in range(t_current + 1):
+            es = self.eval_set(t)
+            scores, maps = self.score_eval(t)
+            masks = es.masks.numpy() if es.has_masks else None
+            per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
+            final_maps = (t, scores, maps)
+        self._record_checkpoint(per_category, t_current, task_end)
+        self._last_maps = final_maps
+
+    def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool) -> None:
+        names = self.spec.metrics
+        if len(per_category) == 1:
+            metrics = next(iter(per_category.values()))
+        else:
+            metrics = {m: _nanmean([v[m] for v in per_category.values()]) for m in names}
+        entry: dict[str, Any] = {"observed": self.observed, "task": self.prep.plan.tasks[t].category,
+                                 "metrics": metrics, "footprint_bytes": int(self.method.footprint())}
+        if self.spec.continual:
+            entry["per_category"] = per_category
+            entry["task_end"] = task_end
+        self.checkpoints.append(entry)
+        self.tracker.log({**{f"eval/{k}": v for k, v in metrics.items()},
+                          "footprint_bytes": entry["footprint_bytes"], "observed": self.observed},
+                         step=self.observed)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"image_auroc={metrics.get('image_auroc', float('nan')):.3f}")
+
+    # ---- loops --------------------------------------------------------------------------------------------
+
+    def run_holdout(self) -> None:
+        plan = self.prep.plan
+        stops = set(self.spec.checkpoints(plan.total_observed, plan.task_ends))
+        ends = plan.task_ends
+        done: set[int] = set()
+
+        def maybe_evaluate(t: int) -> None:
+            if self.observed in stops and self.observed not in done:
+                done.add(self.observed)
+                self.evaluate_holdout(t, task_end=self.observed == ends[t])
+
+        for t, task in enumerate(plan.tasks):
+            self.eval_set(t)  # before the stream, so overlapping stream images reuse its features
+            maybe_evaluate(t)  # cold start (0 observed), or a task that streams nothing
+            for part, kind in ((task.warmup, "observe_warmup"), (task.stream, "observe")):
+                for idx, future in self._batches(t, part, stops):
+                    images, _ = future.result()
+                    batch = self._stream_batch(t, idx, images)
+                    with self.meter.measure(kind, len(idx)):
+                        self.method.observe(batch)
+                    self.observed += len(idx)
+                    self._tick(len(idx))
+                    maybe_evaluate(t)
+
+    def run_prequential(self) -> None:
+        plan = self.prep.plan
+        stops = set(self.spec.checkpoints(plan.total_observed, plan.task_ends))
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        has_masks = True
+        for t, task in enumerate(plan.tasks):
+            data = self.prep.datas[t]
+            for idx, future in self._batches(t, task.warmup, stops):
+                images, _ = future.result()
+                batch = self._stream_batch(t, idx, images)
+                with self.meter.measure("observe_warmup", len(idx)):
+                    self.method.observe(batch)
+                self.observed += len(idx)
+                self._tick(len(idx))
+            for idx, future in self._batches(t, task.stream, stops):
+                images, mask = future.result()
+                batch = self._stream_batch(t, idx, images)
+                with self.meter.measure("consolidate", 0):
+                    self.method.consolidate()
+                with self.meter.measure("score", len(idx)):
+                    out = self.method.score(batch)
+                self._check_finite(out.image, out.maps)
+                scores.append(out.image.detach().float().cpu().numpy())
+                maps.append(out.maps.detach().float().cpu().numpy())
+                samples = [data.samples[i] for i in idx]
+                labels.append(np.array([s.label for s in samples]))
+                masks.append(mask.numpy())
+                has_masks &= all(s.mask_path is not None for s in samples if s.is_anomalous)
+                with self.meter.measure("observe", len(idx)):
+                    self.method.observe(batch)
+                self.observed += len(idx)
+                self._tick(len(idx))
+                if self.observed in stops:
+                    m = self.metrics(np.concatenate(scores), np.concatenate(labels),
+                                     np.concatenate(maps) if has_masks else None,
+                                     np.concatenate(masks) if has_masks else None)
+                    self._record_checkpoint({task.category: m}, t, task_end=False)
+        if scores:
+            self._last_maps = (None, np.concatenate(scores[-16:]), np.concatenate(maps[-16:]))
+            self._preq_tail = (np.concatenate(labels[-16:]), np.concatenate(masks[-16:]))
+
+    def _tick(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    # ---- the whole run ------------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        p = self.prep
+        started = datetime.now(timezone.utc)
+        t0 = time.perf_counter()
+        self.bar = None
+        self.tracker = None
+        self._last_maps = None
+        record: dict[str, Any] = {}
+        try:
+            self.setup()
+            record = self._base_record(started)
+            self.tracker = Tracker(
+                self.cfg["wandb"]["mode"], self.cfg["wandb"]["project"], self.cfg["wandb"]["entity"],
+                Path(self.cfg["results_dir"]), name=p.path.stem, group=f"{self.spec.name}/{record['data']['dataset']}",
+                tags=[self.spec.name, p.method_cls.name, record["data"]["dataset"]], config=p.config,
+            )
+            if self.cfg["progress"]:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=p.plan.total_observed, unit="img", desc=f"{p.method_cls.name} observe",
+                                dynamic_ncols=True, leave=False)
+            if self.spec.evaluation.mode == "prequential":
+                self.run_prequential()
+            else:
+                self.run_holdout()
+            if self.bar is not None:
+                self.bar.close()
+            record.update(self._results())
+            record["data"]["distinct_images"] = len(self.distinct)
+            record["status"] = FINISHED
+        except INPUT_ERRORS:
+            self._close(failed=True, record=None)
+            raise
+        except BaseException as exc:
+            if record:
+                record.update(self._results(partial=True))
+                record["status"] = FAILED
+                record["error"] = f"{type(exc).__name__}: {exc}"
+                record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                record["duration_s"] = time.perf_counter() - t0
+                if not is_finished(p.path):
+                    write_record(p.path, record)
+            self._close(failed=True, record=record)
+            raise
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["duration_s"] = time.perf_counter() - t0
+        self._log_panels()
+        record["tracking"] = {"wandb_mode": self.tracker.mode, "wandb_run_id": self.tracker.run_id,
+                              "wandb_dir": self.tracker.run_dir}
+        write_record(p.path, record)
+        self._close(failed=False, record=record)
+        record["path"] = str(p.path)
+        return record
+
+    def _close(self, failed: bool, record: dict[str, Any] | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.tracker is not None:
+            summary = {}
+            if record and record.get("final"):
+                summary = {f"final/{k}": v for k, v in record["final"].items()}
+                summary.update({f"cost/{k}": v for k, v in _flat_cost(record.get("cost", {})).items()})
+                summary["status"] = record.get("status")
+            self.tracker.finish(summary, failed=failed)
+
+    def _base_record(self, started: datetime) -> dict[str, Any]:
+        p = self.prep
+        plan = p.plan
+        n_stream_anom = sum(p.datas[t].samples[i].is_anomalous for t, task in enumerate(plan.tasks)
+                            for i in task.stream)
+        n_eval = sum(len(task.eval) for task in plan.tasks)
+        n_eval_anom = sum(p.datas[t].samples[i].is_anomalous for t, task in enumerate(plan.tasks)
+                          for i in task.eval)
+        return {
+            "schema": SCHEMA_VERSION,
+            "id": p.run_hash,
+            "status": "running",
+            "config": p.config,
+            "identity": p.identity,
+            "env": _environment(p.device),
+            "backbone": dataclasses.asdict(self.backbone.info),
+            "data": {
+                "dataset": p.identity["dataset"]["name"],
+                "categories": [t.category for t in plan.tasks],
+                "image_size": p.transform.output_size,
+                "warmup": sum(len(t.warmup) for t in plan.tasks),
+                "stream": sum(len(t.stream) for t in plan.tasks),
+                "stream_anomalous": n_stream_anom,
+                "eval": n_eval,
+                "eval_anomalous": n_eval_anom,
+                "stream_digest": plan_digest(plan, p.datas),
+                "distinct_images": None,
+            },
+            "started_at": started.isoformat(timespec="seconds"),
+            "error": None,
+        }
+
+    def _results(self, partial: bool = False) -> dict[str, Any]:
+        names = self.spec.metrics
+        final = dict(self.checkpoints[-1]["metrics"]) if self.checkpoints else {}
+        observed = [c["observed"] for c in self.checkpoints]
+        summary = {m: summarise_curve(observed, [c["metrics"][m] for c in self.checkpoints])
+                   for m in names} if self.checkpoints else {}
+        out: dict[str, Any] = {
+            "checkpoints": self.checkpoints,
+            "final": final,
+            "summary": summary,
+            "cost": {
+                **self.meter.summary(sum(len(t.stream) for t in self.prep.plan.tasks)),
+                "backbone_images": self.backbone_images,
+                "footprint_bytes": self.checkpoints[-1]["footprint_bytes"] if self.checkpoints else None,
+                "footprint_max_bytes": max((c["footprint_bytes"] for c in self.checkpoints), default=None),
+            } if hasattr(self, "meter") else {},
+        }
+        if self.spec.continual and self.checkpoints:
+            out["forgetting"] = _forgetting(self.checkpoints, [t.category for t in self.prep.plan.tasks], names)
+        return out
+
+    def _log_panels(self) -> None:
+        n = self.cfg["wandb"]["log_images"]
+        if not n or self._last_maps is None or self.tracker.run is None:
+            return
+        t, scores, maps = self._last_maps
+        if t is None:  # prequential: the last scored stream images
+            labels, masks = self._preq_tail
+            images = None
+        else:
+            es = self.eval_sets[t]
+            labels, masks, images = es.labels, es.masks.numpy(), es.images
+        anomalous = np.flatnonzero(labels == 1)
+        normal = np.flatnonzero(labels == 0)
+        chosen = list(anomalous[: max(1, n - n // 4)]) + list(normal[: n // 4])
+        chosen = chosen[:n]
+        vmin, vmax = float(np.min(maps)), float(np.max(maps))
+        panels = []
+        for r in chosen:
+            if images is None:
+                continue
+            img = images[r].permute(1, 2, 0).numpy()
+            panels.append((f"label={int(labels[r])} score={scores[r]:.3g}",
+                           map_panel(img, masks[r], maps[r], vmin, vmax)))
+        self.tracker.log_images("anomaly_maps", panels, step=self.observed)
+
+
+def execute(prep: Prepared) -> dict[str, Any]:
+    """Run a prepared run and write its record; returns the record (with ``path``)."""
+    return Execution(prep).execute()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _forgetting(checkpoints: list[dict[str, Any]], categories: list[str], names: Sequence[str]) -> dict[str, Any]:
+    """Forgetting per metric: mean over all but the last task of (best value at a task end before the last task
+    minus the final value), as in IM-IAD's continual setting."""
+    ends = [c for c in checkpoints if c.get("task_end")]
+    if not ends:
+        return {}
+    last = ends[-1]["per_category"]
+    out: dict[str, Any] = {}
+    for m in names:
+        drops = []
+        for cat in categories[:-1]:
+            earlier = [c["per_category"][cat][m] for c in ends[:-1] if cat in c["per_category"]]
+            earlier = [v for v in earlier if v is not None and not math.isnan(v)]
+            if earlier and cat in last:
+                drops.append(max(earlier) - last[cat][m])
+        out[m] = _nanmean(drops)
+    return out
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _flat_cost(cost: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cost.items():
+        if isinstance(v, Mapping):
+            out.update(_flat_cost(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    import timm
+
+    env: dict[str, Any] = {
+        "oadbench": oadbench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(terse=True),
+        "machine": platform.machine(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "git_commit": _git_commit(),
+    }
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _git_commit() -> str | None:
+    repo = Path(oadbench.__file__).resolve().parent.parent
+    if not (repo / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, check=False)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip() or None
+    return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError("device", f"{name!r} is not a device", allowed=["cpu", "cuda", "cuda:N"]) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} requested but CUDA is not available on this machine",
+                          allowed=["cpu"])
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError("device", f"{name!r} is not supported", allowed=["cpu", "cuda", "cuda:N"])
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _mapping(cfg: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = cfg.get(key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, f"must be a mapping, got {value!r}")
+    return dict(value)
+
+
+def _str(cfg: Mapping[str, Any], key: str, label: str) -> str:
+    value = cfg.get(key)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(label, f"must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(value: Any, key: str, lo: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ConfigError(key, f"must be >= {lo}, got {value}")
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+__all__ = ["Prepared", "TaskPlan", "execute", "prepare", "run"]

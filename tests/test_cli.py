@@ -1,0 +1,63 @@
+"""The ``oadbench`` command in real subprocesses: a run prints its table and writes its record; listing; clear
+errors for unknown names and keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import SMALL
+
+
+def oadbench(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, "-m", "oadbench", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_run_prints_the_table_and_writes_record_and_wandb_run(tmp_path):
+    small = [f"dataset.{k}={v}" for k, v in SMALL.items()]
+    out = oadbench("run", "protocol=online_cold_start", "method=padim", "dataset=synthetic", "image_size=64",
+                   "results_dir=results", *small, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "img_AUROC" in out.stdout and "AUPRO" in out.stdout and "status: finished" in out.stdout
+    assert "observe" in out.stdout and "peak RSS" in out.stdout
+    records = [p for p in (tmp_path / "results").rglob("*.json") if "wandb" not in p.parts]
+    assert len(records) == 1
+    record = json.loads(records[0].read_text())
+    assert record["status"] == "finished" and record["config"]["method"]["name"] == "padim"
+    assert list((tmp_path / "results" / "wandb").glob("offline-run-*/*.wandb"))
+    assert not (tmp_path / "outputs").exists()  # Hydra writes no output directories of its own
+    again = oadbench("run", "protocol=online_cold_start", "method=padim", "dataset=synthetic", "image_size=64",
+                     "results_dir=results", *small, cwd=tmp_path)
+    assert again.returncode == 0 and "skipped" in again.stdout
+
+
+def test_list(tmp_path):
+    for what, expected in (("methods", "padim"), ("protocols", "online_prequential"), ("datasets", "visa")):
+        out = oadbench("list", what, cwd=tmp_path)
+        assert out.returncode == 0 and expected in out.stdout
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    for arg, valid in (("method=padin", "padim"), ("protocol=online", "online_cold_start"),
+                       ("dataset=mvtecad", "mvtec")):
+        out = oadbench("run", arg, cwd=tmp_path)
+        assert out.returncode == 2
+        assert valid in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_bad_values_are_errors_naming_the_key(tmp_path):
+    out = oadbench("run", "protocol.stream.order=sideways", cwd=tmp_path)
+    assert out.returncode == 2 and "stream.order" in out.stderr and "by_defect" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = oadbench("run", "dataset=mvtec", f"dataset.root={tmp_path / 'none'}", "dataset.category=bottle",
+                   cwd=tmp_path)
+    assert out.returncode == 2 and "expected layout" in out.stderr and "train/good" in out.stderr
+    out = oadbench("run", "no_such_key=1", cwd=tmp_path)
+    assert out.returncode != 0 and "no_such_key" in out.stderr
+    assert not (tmp_path / "results").exists()
