@@ -63,7 +63,7 @@ def _group_choices(overrides: Sequence[str]) -> tuple[list[str], dict[str, dict[
     out = []
     for arg in overrides:
         key, sep, value = arg.partition("=")
-        if sep and key in valid and value:
+        if sep and key in valid and value and not any(c in value for c in "()[]{}$"):  # plain name(s) only
             names = []
             for choice in value.split(","):
                 choice = choice.strip()

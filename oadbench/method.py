@@ -24,7 +24,6 @@ import abc
 import dataclasses
 import importlib.metadata
 import importlib.util
-import os
 import sys
 import types
 import typing
@@ -36,6 +35,8 @@ from typing import Any, ClassVar
 import torch
 
 from oadbench.errors import ConfigError
+from oadbench.paths import search_dirs
+from oadbench.validate import check_bool, check_int, check_number, check_str
 
 ENTRY_POINT_GROUP = "oadbench.methods"
 MODES = ("online", "offline")
@@ -158,19 +159,8 @@ def get_method(name: str) -> type[Method]:
 
 
 def method_dirs() -> list[Path]:
-    """``./methods``, ``$OADBENCH_METHODS_PATH`` entries (os.pathsep-separated) and the repository's methods/."""
-    from oadbench.paths import repo_dir
-
-    candidates = [Path.cwd() / "methods"]
-    candidates += [Path(p) for p in os.environ.get("OADBENCH_METHODS_PATH", "").split(os.pathsep) if p]
-    repo = repo_dir("methods")
-    if repo is not None:
-        candidates.append(repo)
-    out: list[Path] = []
-    for d in candidates:
-        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
+    """``./methods``, the entries of ``$OADBENCH_METHODS_PATH``, then the repository's ``methods/``."""
+    return search_dirs("methods", "OADBENCH_METHODS_PATH")
 
 
 _IMPORTED: set[Path] = set()
@@ -256,22 +246,9 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(key, f"{value!r} does not match {_type_name(hint)}")
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
-        return value
+    checks = {bool: check_bool, int: check_int, float: check_number, str: check_str}
+    if hint in checks:
+        return checks[hint](value, key)
     if hint in (tuple, list) or origin in (tuple, list, Sequence):
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
             raise ConfigError(key, f"must be a list, got {value!r}")

@@ -21,3 +21,20 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME")
     return (Path(base).expanduser() if base else Path.home() / ".cache") / "oadbench"
+
+
+def search_dirs(name: str, env_var: str) -> list[Path]:
+    """Existing directories named ``name`` to search, in order, without duplicates: ``./<name>``, the
+    ``os.pathsep``-separated entries of ``$<env_var>``, then the repository's ``<name>/``."""
+    candidates = [Path.cwd() / name]
+    candidates += [Path(p).expanduser() for p in os.environ.get(env_var, "").split(os.pathsep) if p]
+    repo = repo_dir(name)
+    if repo is not None:
+        candidates.append(repo)
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for d in candidates:
+        if d.is_dir() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            out.append(d)
+    return out

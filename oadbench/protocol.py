@@ -38,6 +38,8 @@ import yaml
 
 from oadbench.errors import ConfigError
 from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS
+from oadbench.paths import search_dirs
+from oadbench.validate import check_bool, check_choice, check_int, check_number
 
 POOLS = ("train", "test", "train+test")
 ORDERS = ("shuffled", "anomalies_first", "anomalies_last", "by_defect", "as_listed")
@@ -234,23 +236,15 @@ def _section(top: Mapping[str, Any], key: str, source: str) -> Mapping[str, Any]
 
 
 def _choice(value: Any, allowed: Sequence[str], source: str, key: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ConfigError(f"{source}: {key}", f"{value!r} is not valid", allowed=allowed)
-    return value
+    return check_choice(value, allowed, f"{source}: {key}")
 
 
 def _bool(value: Any, source: str, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{source}: {key}", f"must be true or false, got {value!r}")
-    return value
+    return check_bool(value, f"{source}: {key}")
 
 
 def _int(value: Any, source: str, key: str, lo: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{source}: {key}", f"must be an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{source}: {key}", f"must be >= {lo}, got {value}")
-    return value
+    return check_int(value, f"{source}: {key}", lo)
 
 
 def _optional_int(value: Any, source: str, key: str, lo: int | None = None) -> int | None:
@@ -260,9 +254,7 @@ def _optional_int(value: Any, source: str, key: str, lo: int | None = None) -> i
 def _optional_float(value: Any, source: str, key: str, lo: float, hi: float, hi_open: bool) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{source}: {key}", f"must be a number, got {value!r}")
-    value = float(value)
+    value = check_number(value, f"{source}: {key}")
     if not (lo <= value and (value < hi if hi_open else value <= hi)):
         bound = f"[{lo}, {hi})" if hi_open else f"[{lo}, {hi}]"
         raise ConfigError(f"{source}: {key}", f"must be in {bound}, got {value}")
@@ -274,18 +266,9 @@ def _optional_float(value: Any, source: str, key: str, lo: float, hi: float, hi_
 
 
 def protocol_dirs() -> list[Path]:
-    """Directories searched for ``<name>.yaml``: ``./protocols`` (a researcher's own) then the repository's."""
-    from oadbench.paths import repo_dir
-
-    dirs = [Path.cwd() / "protocols"]
-    repo = repo_dir("protocols")
-    if repo is not None:
-        dirs.append(repo)
-    out: list[Path] = []
-    for d in dirs:
-        if d.is_dir() and d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
+    """Directories searched for ``<name>.yaml``: ``./protocols`` (a researcher's own), the entries of
+    ``$OADBENCH_PROTOCOLS_PATH``, then the repository's ``protocols/``."""
+    return search_dirs("protocols", "OADBENCH_PROTOCOLS_PATH")
 
 
 def protocol_files() -> dict[str, Path]:

@@ -52,6 +52,7 @@ from oadbench.results import (
 )
 from oadbench.stream import StreamPlan, TaskPlan, build_plan, plan_digest
 from oadbench.tracking import WANDB_MODES, Tracker, map_panel
+from oadbench.validate import check_int
 
 log = logging.getLogger("oadbench")
 
@@ -121,13 +122,13 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         categories = [available[0]]
     datas = [loader.load(root, c, **options) for c in categories]
 
-    seed = _int(cfg.get("seed", 0), "seed", lo=0)
+    seed = check_int(cfg.get("seed", 0), "seed", lo=0)
     plan = build_plan(spec, datas, seed)
 
-    image_size = _int(cfg.get("image_size", 256), "image_size", lo=32)
+    image_size = check_int(cfg.get("image_size", 256), "image_size", lo=32)
     crop = cfg.get("center_crop")
     if crop is not None:
-        crop = _int(crop, "center_crop", lo=16)
+        crop = check_int(crop, "center_crop", lo=16)
         if crop > image_size:
             raise ConfigError("center_crop", f"must be <= image_size ({image_size}), got {crop}")
     device = _device(str(cfg.get("device", "cpu")))
@@ -146,11 +147,11 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
                           allowed=["wandb.mode", "wandb.project", "wandb.entity", "wandb.log_images"])
     if wandb_cfg["mode"] not in WANDB_MODES:
         raise ConfigError("wandb.mode", f"{wandb_cfg['mode']!r} is not valid", allowed=WANDB_MODES)
-    _int(wandb_cfg["log_images"], "wandb.log_images", lo=0)
+    check_int(wandb_cfg["log_images"], "wandb.log_images", lo=0)
 
     threads = cfg.get("threads")
     if threads is not None:
-        _int(threads, "threads", lo=1)
+        check_int(threads, "threads", lo=1)
     force = cfg.get("force", False)
     if not isinstance(force, bool):
         raise ConfigError("force", f"must be true or false, got {force!r}")
@@ -226,7 +227,8 @@ class Execution:
         self.distinct: set[tuple[int, int]] = set()
         self.observed = 0
         self.panels: list[tuple[str, np.ndarray]] = []
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="oadbench-io")
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="oadbench-io")  # image decoding
+        self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oadbench-prefetch")  # next batch
 
     # ---- setup --------------------------------------------------------------------------------------------
 
@@ -296,7 +298,7 @@ class Execution:
         for i, g in enumerate(groups):
             while len(futures) <= i + 1 and len(futures) < len(groups):
                 nxt = groups[len(futures)]
-                futures.append(self.pool.submit(self._load, [data.samples[j] for j in nxt]))
+                futures.append(self.prefetch.submit(self._load, [data.samples[j] for j in nxt]))
             yield g, futures[i]
 
     def _stream_batch(self, t: int, idx: list[int], images: torch.Tensor) -> Batch:
@@ -344,15 +346,13 @@ class Execution:
         with self.meter.measure("consolidate", 0):
             self.method.consolidate()
         per_category: dict[str, dict[str, float]] = {}
-        final_maps = None
         for t in range(t_current + 1):
             es = self.eval_set(t)
             scores, maps = self.score_eval(t)
             masks = es.masks.numpy() if es.has_masks else None
             per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
-            final_maps = (t, scores, maps)
+            self._panel_source = (es.images, es.labels, es.masks.numpy(), scores, maps)
         self._record_checkpoint(per_category, t_current, task_end)
-        self._last_maps = final_maps
 
     def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool) -> None:
         names = self.spec.metrics
@@ -405,6 +405,7 @@ class Execution:
         maps: list[np.ndarray] = []
         labels: list[np.ndarray] = []
         masks: list[np.ndarray] = []
+        tail_images: list[torch.Tensor] = []
         has_masks = True
         for t, task in enumerate(plan.tasks):
             data = self.prep.datas[t]
@@ -428,6 +429,7 @@ class Execution:
                 samples = [data.samples[i] for i in idx]
                 labels.append(np.array([s.label for s in samples]))
                 masks.append(mask.numpy())
+                tail_images = (tail_images + [images])[-16:]
                 has_masks &= all(s.mask_path is not None for s in samples if s.is_anomalous)
                 with self.meter.measure("observe", len(idx)):
                     self.method.observe(batch)
@@ -438,9 +440,10 @@ class Execution:
                                      np.concatenate(maps) if has_masks else None,
                                      np.concatenate(masks) if has_masks else None)
                     self._record_checkpoint({task.category: m}, t, task_end=False)
-        if scores:
-            self._last_maps = (None, np.concatenate(scores[-16:]), np.concatenate(maps[-16:]))
-            self._preq_tail = (np.concatenate(labels[-16:]), np.concatenate(masks[-16:]))
+        if scores:  # the last scored stream images, for the W&B panels
+            self._panel_source = (torch.cat(tail_images[-16:]), np.concatenate(labels[-16:]),
+                                  np.concatenate(masks[-16:]), np.concatenate(scores[-16:]),
+                                  np.concatenate(maps[-16:]))
 
     def _tick(self, n: int) -> None:
         if self.bar is not None:
@@ -454,7 +457,7 @@ class Execution:
         t0 = time.perf_counter()
         self.bar = None
         self.tracker = None
-        self._last_maps = None
+        self._panel_source = None
         record: dict[str, Any] = {}
         try:
             self.setup()
@@ -505,6 +508,7 @@ class Execution:
     def _close(self, failed: bool, record: dict[str, Any] | None) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.prefetch.shutdown(wait=False, cancel_futures=True)
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.tracker is not None:
             summary = {}
@@ -568,28 +572,15 @@ class Execution:
         return out
 
     def _log_panels(self) -> None:
+        """A few (image, ground truth, map) panels of the last evaluation, mostly anomalous images."""
         n = self.cfg["wandb"]["log_images"]
-        if not n or self._last_maps is None or self.tracker.run is None:
+        if not n or self._panel_source is None or self.tracker.run is None:
             return
-        t, scores, maps = self._last_maps
-        if t is None:  # prequential: the last scored stream images
-            labels, masks = self._preq_tail
-            images = None
-        else:
-            es = self.eval_sets[t]
-            labels, masks, images = es.labels, es.masks.numpy(), es.images
-        anomalous = np.flatnonzero(labels == 1)
-        normal = np.flatnonzero(labels == 0)
-        chosen = list(anomalous[: max(1, n - n // 4)]) + list(normal[: n // 4])
-        chosen = chosen[:n]
+        images, labels, masks, scores, maps = self._panel_source
+        chosen = [*np.flatnonzero(labels == 1)[: max(1, n - n // 4)], *np.flatnonzero(labels == 0)[: n // 4]][:n]
         vmin, vmax = float(np.min(maps)), float(np.max(maps))
-        panels = []
-        for r in chosen:
-            if images is None:
-                continue
-            img = images[r].permute(1, 2, 0).numpy()
-            panels.append((f"label={int(labels[r])} score={scores[r]:.3g}",
-                           map_panel(img, masks[r], maps[r], vmin, vmax)))
+        panels = [(f"label={int(labels[r])} score={scores[r]:.3g}",
+                   map_panel(images[r].permute(1, 2, 0).numpy(), masks[r], maps[r], vmin, vmax)) for r in chosen]
         self.tracker.log_images("anomaly_maps", panels, step=self.observed)
 
 
@@ -698,14 +689,6 @@ def _str(cfg: Mapping[str, Any], key: str, label: str) -> str:
     value = cfg.get(key)
     if not isinstance(value, str) or not value:
         raise ConfigError(label, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _int(value: Any, key: str, lo: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    if lo is not None and value < lo:
-        raise ConfigError(key, f"must be >= {lo}, got {value}")
     return value
 
 

@@ -50,6 +50,7 @@ def test_cold_start_run_writes_a_complete_record_and_a_wandb_run(tmp_path):
     wandb_dir = Path(on_disk["tracking"]["wandb_dir"])
     assert on_disk["tracking"]["wandb_mode"] == "offline"
     assert wandb_dir.is_dir() and list(wandb_dir.glob("*.wandb"))
+    assert len(list(wandb_dir.rglob("media/images/*.png"))) == 4  # wandb.log_images anomaly-map panels
     assert path.name.endswith(".json") and on_disk["id"][:16] in path.name
 
 
