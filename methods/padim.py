@@ -103,13 +103,12 @@ class PaDiM(Method):
 
     def consolidate(self) -> None:
         if self.context.mode == "offline" and self._stale and self._stored:
-            x = torch.cat(self._stored)  # (N, P, d) float32, CPU
-            self.n = x.shape[0]
-            P = x.shape[1]
+            self.n = sum(b.shape[0] for b in self._stored)
+            P = self._stored[0].shape[1]
             self.mean = torch.empty(P, self.d, dtype=torch.float64, device=self.device)
             self.comoment = torch.empty(P, self.d, self.d, dtype=torch.float64, device=self.device)
             for s in range(0, P, 512):  # two-pass mean / co-moment, a block of positions at a time
-                block = x[:, s:s + 512].to(self.device, torch.float64)
+                block = torch.cat([b[:, s:s + 512] for b in self._stored]).to(self.device, torch.float64)
                 mean = block.mean(0)
                 y = (block - mean).permute(1, 2, 0)
                 self.mean[s:s + 512] = mean
@@ -132,9 +131,13 @@ class PaDiM(Method):
         if self.n == 0:
             self._precision = None
         else:
-            eye = torch.eye(self.d, dtype=torch.float64, device=self.device)
-            cov = self.comoment / max(self.n - 1, 1) + self.config.epsilon * eye
-            self._precision = torch.cholesky_inverse(torch.linalg.cholesky(cov)).float()
+            eye = self.config.epsilon * torch.eye(self.d, dtype=torch.float64, device=self.device)
+            P = self.comoment.shape[0]
+            if self._precision is None or self._precision.shape[0] != P:
+                self._precision = torch.empty(P, self.d, self.d, device=self.device)
+            for s in range(0, P, 512):  # blocks of positions keep the float64 temporaries small
+                cov = self.comoment[s:s + 512] / max(self.n - 1, 1) + eye
+                self._precision[s:s + 512] = torch.cholesky_inverse(torch.linalg.cholesky(cov))
         self._stale = False
 
     # ---------------------------------------------------------------------------------------------------------
