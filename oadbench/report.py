@@ -49,7 +49,7 @@ def format_record(record: Mapping[str, Any]) -> str:
     parts = [head, table(["observed", *(SHORT.get(m, m) for m in metrics), "footprint"], rows)]
     cost = record.get("cost", {})
     cost_rows = []
-    for kind in ("backbone_stream", "backbone_eval", "observe_warmup", "observe", "score"):
+    for kind in ("backbone_stream", "backbone_eval", "observe_warmup", "observe", "consolidate", "score"):
         t = cost.get(kind)
         if t:
             cost_rows.append([kind, _fmt(t.get("median_ms"), 2), _fmt(t.get("p95_ms"), 2), str(t.get("images")),
