@@ -74,3 +74,21 @@ def test_gaussian_blur_matches_scipy_and_concat_levels_shapes():
     out = concat_levels(feats, pool=3)
     assert out.shape == (2, 8, 16, 16)
     torch.testing.assert_close(out[:, :3, 5, 5], feats[0][:, :, 4:7, 4:7].mean((2, 3)))
+
+
+def test_kmeans_recovers_separated_clusters_deterministically():
+    from oadbench.components import kmeans
+
+    g = torch.Generator().manual_seed(2)
+    centres = torch.randn(4, 6, generator=g) * 10
+    x = torch.cat([c + 0.1 * torch.randn(30, 6, generator=g) for c in centres])
+    found, labels = kmeans(x, 4, seed=0)
+    again, labels2 = kmeans(x, 4, seed=0)
+    assert torch.equal(found, again) and torch.equal(labels, labels2)
+    # every true cluster is one k-means cluster, and each centroid is its cluster's mean
+    for i in range(4):
+        assert labels[i * 30:(i + 1) * 30].unique().numel() == 1
+    for j in range(4):
+        torch.testing.assert_close(found[j], x[labels == j].mean(0), rtol=1e-5, atol=1e-5)
+    few, few_labels = kmeans(x[:3], 5)
+    assert few.shape == (5, 6) and few_labels.tolist() == [0, 1, 2]
