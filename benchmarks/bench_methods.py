@@ -11,8 +11,8 @@ Also measured: offline PatchCore on 200 training images at 256 px (peak RSS; tar
 backbone and with WideResNet-50 features (random weights: cost does not depend on weight values), and online
 PatchCore's peak RSS from 400 to 1600 images (target: flat within 10 %).
 
-Usage: python benchmarks/bench_methods.py [--methods padim patchcore cfa] [--lengths 100 400 1600]
-       [--device cpu] [--out benchmarks/results]
+Usage: python benchmarks/bench_methods.py [--methods padim patchcore cfa lemo] [--lengths 100 400 1600]
+       [--device cpu] [--threads N] [--out benchmarks/results]
 Writes ``<out>/methods-<device>.json`` and ``.md`` and prints the table.
 """
 
@@ -32,9 +32,11 @@ DATASET = ["dataset=synthetic", "dataset.category=fabric", "dataset.n_train=1600
            "dataset.n_test_defect=3"]
 
 
-def run_cell(overrides: list[str], results: Path, device: str) -> dict:
+def run_cell(overrides: list[str], results: Path, device: str, threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "oadbench", "run", *DATASET, *overrides, f"results_dir={results}",
            f"device={device}", "progress=false", "wandb.mode=disabled", "force=true"]
+    if threads:
+        cmd.append(f"threads={threads}")
     start = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -69,9 +71,10 @@ def fmt(v, digits=1):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--methods", nargs="+", default=["padim", "patchcore", "cfa"])
+    parser.add_argument("--methods", nargs="+", default=["padim", "patchcore", "cfa", "lemo"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[100, 400, 1600])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--skip-offline", action="store_true")
     args = parser.parse_args()
@@ -80,14 +83,14 @@ def main() -> None:
     for method in args.methods:
         for n in args.lengths:
             rec = run_cell([f"method={method}", "protocol=online_cold_start", f"protocol.stream.max_length={n}",
-                            "protocol.evaluation.checkpoints=[]"], results, args.device)
+                            "protocol.evaluation.checkpoints=[]"], results, args.device, args.threads)
             rows.append({"method": method, "form": "online", "stream": n, **summarise(rec)})
             print(rows[-1], flush=True)
     if not args.skip_offline:
         for backbone in (["backbone.name=tf_efficientnet_lite0"],
                          ["backbone.name=wide_resnet50_2", "backbone.weights=random"]):
             rec = run_cell(["method=patchcore", "protocol=offline", "protocol.stream.max_length=200", *backbone],
-                           results, args.device)
+                           results, args.device, args.threads)
             rows.append({"method": "patchcore", "form": f"offline ({backbone[0].split('=')[1]})", "stream": 200,
                          **summarise(rec)})
             print(rows[-1], flush=True)
@@ -101,7 +104,8 @@ def main() -> None:
             fmt(r["peak_rss_mb"], 0), f"{fmt(r['footprint_mb'])} ({fmt(r['footprint_max_mb'])})",
             fmt(r["image_auroc"], 3), fmt(r["wall_s"], 0)]) + " |")
     online_pc = {r["stream"]: r["peak_rss_mb"] for r in rows if r["method"] == "patchcore" and r["form"] == "online"}
-    notes = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}"]
+    notes = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}, "
+             f"threads {args.threads or 'all'}"]
     if 400 in online_pc and 1600 in online_pc:
         change = 100 * (online_pc[1600] - online_pc[400]) / online_pc[400]
         notes.append(f"online PatchCore peak RSS 400 -> 1600 images: {online_pc[400]:.0f} -> {online_pc[1600]:.0f} "

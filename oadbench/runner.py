@@ -294,12 +294,13 @@ class Execution:
             groups.append(list(indices[pos:pos + size]))
             pos += size
             observed += size
-        futures: list[Future] = []
+        pending: dict[int, Future] = {}  # consumed batches are dropped, so memory does not grow with the stream
+        submitted = 0
         for i, g in enumerate(groups):
-            while len(futures) <= i + 1 and len(futures) < len(groups):
-                nxt = groups[len(futures)]
-                futures.append(self.prefetch.submit(self._load, [data.samples[j] for j in nxt]))
-            yield g, futures[i]
+            while submitted <= i + 1 and submitted < len(groups):
+                pending[submitted] = self.prefetch.submit(self._load, [data.samples[j] for j in groups[submitted]])
+                submitted += 1
+            yield g, pending.pop(i)
 
     def _stream_batch(self, t: int, idx: list[int], images: torch.Tensor) -> Batch:
         es = self.eval_sets.get(t)

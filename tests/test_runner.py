@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import textwrap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from oadbench.errors import ConfigError, DataError, MethodError
 from oadbench.method import discover_methods
 from oadbench.protocol import load_protocol
 from oadbench.results import read_record
-from oadbench.runner import prepare, run
+from oadbench.runner import Execution, prepare, run
 from tests.conftest import SMALL, small_run
 
 METRICS = ["image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro"]
@@ -213,3 +215,17 @@ def test_prepare_rejects_bad_top_level_values(tmp_path):
         with pytest.raises(ConfigError) as err:
             prepare(small_run(tmp_path, override))
         assert key in str(err.value)
+
+
+def test_stream_batches_are_released_once_consumed(tmp_path):
+    """Memory must not grow with the stream: a consumed batch's images are not kept by the runner."""
+    execution = Execution(prepare(small_run(tmp_path, "protocol.stream.batch_size=2")))
+    alive = []
+    for idx, future in execution._batches(0, list(range(SMALL["n_train"])), set()):
+        images, _ = future.result()
+        assert images.shape[0] == len(idx)
+        alive.append(weakref.ref(images))
+        del images, future
+        gc.collect()
+        assert sum(ref() is not None for ref in alive) == 0, "consumed batches are still referenced"
+    assert len(alive) == SMALL["n_train"] // 2
