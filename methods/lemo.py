@@ -238,10 +238,11 @@ class LeMO(Method):
             return
         data = torch.cat(self._stored)
         bs = self.config.batch_size
-        for _ in range(self.config.epochs):
-            order = torch.randperm(data.shape[0], generator=self._gen)
-            for s in range(0, data.shape[0], bs):
-                self._step(data[order[s:s + bs]].to(self.device))
+        with torch.enable_grad():  # also when reached from score(), which runs without gradients
+            for _ in range(self.config.epochs):
+                order = torch.randperm(data.shape[0], generator=self._gen)
+                for s in range(0, data.shape[0], bs):
+                    self._step(data[order[s:s + bs]].to(self.device))
         self._trained_on = len(self._stored)
 
     # ---------------------------------------------------------------------------------------------------------

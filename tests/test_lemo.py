@@ -133,6 +133,18 @@ def test_offline_form_trains_epochs_over_stored_features():
     assert m.steps == 6  # nothing new: no retraining
 
 
+def test_offline_scoring_before_consolidate_trains_first():
+    """score() runs without gradients; the training it triggers must still learn."""
+    m = make("offline", epochs=2, batch_size=1)
+    for i in range(3):
+        m.observe(batch(1, seed=i))
+    adapter_before = m.adapter.conv.weight.detach().clone()
+    out = m.score(batch(2, seed=9))
+    assert m.steps == 6
+    assert not torch.equal(adapter_before, m.adapter.conv.weight)
+    assert torch.isfinite(out.maps).all()
+
+
 @pytest.mark.parametrize("values,key", [
     ({"n_prototypes": 5, "q": 3, "w": 3}, "method.n_prototypes"),
     ({"tau": 0.0}, "method.tau"),
