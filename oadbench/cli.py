@@ -80,14 +80,43 @@ def _group_choices(overrides: Sequence[str]) -> tuple[list[str], dict[str, dict[
     return out, extra
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def _expand_all_categories(overrides: list[str]) -> list[str]:
+    """``dataset.category=all`` -> the dataset's categories as a sweep (adds ``-m`` when missing)."""
+    if "dataset.category=all" not in overrides:
+        return overrides
+    from oadbench.config import DEFAULT_DATASET
+    from oadbench.data import get_dataset
+
+    values = dict(arg.partition("=")[::2] for arg in overrides if "=" in arg)
+    name = values.get("dataset", DEFAULT_DATASET)
+    if "," in name:
+        raise ConfigError("dataset.category", "'all' needs a single dataset, got dataset=" + name)
+    loader = get_dataset(name)
+    root = values.get("dataset.root") or loader.default_root()
+    if root is None:
+        raise ConfigError("dataset.root", f"is required to list the categories of dataset '{name}'")
+    categories = loader.categories(Path(root).expanduser())
+    if not categories:
+        raise ConfigError("dataset.category", f"'all': no category found under {root} for dataset '{name}'")
+    out = [f"dataset.category={','.join(categories)}" if arg == "dataset.category=all" else arg for arg in overrides]
+    if not any(arg in MULTIRUN_FLAGS for arg in out):
+        out.insert(0, "--multirun")
+    log.info("dataset.category=all: %d categories of %s (%s)", len(categories), name, ", ".join(categories))
+    return out
+
+
 def _run(overrides: list[str]) -> int:
     import hydra
     from omegaconf import DictConfig, OmegaConf
 
     from oadbench.config import PRIMARY, register_configs
 
-    overrides, extra = _group_choices(overrides)
+    overrides, extra = _group_choices(_expand_all_categories(overrides))
     register_configs(extra)
+    sweeping = any(arg in MULTIRUN_FLAGS for arg in overrides)
 
     def task(cfg: DictConfig) -> None:
         from oadbench.report import format_record
@@ -98,7 +127,14 @@ def _run(overrides: list[str]) -> int:
             record = run(config)
         except OadbenchError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            sys.exit(2)
+            if not sweeping:
+                sys.exit(2)
+            return  # a sweep goes on; rerunning it completes the missing runs
+        except Exception:
+            if not sweeping:
+                raise
+            log.exception("run failed (its record says so); the sweep goes on")
+            return
         print(format_record(record))
 
     saved = sys.argv

@@ -38,6 +38,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def format_record(record: Mapping[str, Any]) -> str:
     cfg = record["config"]
+    if record.get("status") == "claimed":
+        owner = record.get("claimed_by") or {}
+        return (f"{cfg['protocol']['name']} | {cfg['method']['name']} | {cfg['dataset']['name']}/"
+                f"{cfg['dataset']['category']} | seed {cfg['seed']}  [skipped: being run by {owner.get('host')} "
+                f"pid {owner.get('pid')}; rerun later to complete it if that process dies]")
     head = (f"{cfg['protocol']['name']} | {cfg['method']['name']} | {cfg['dataset']['name']}/"
             f"{cfg['dataset']['category']} | seed {cfg['seed']} | {record['backbone']['name']} "
             f"({record['backbone']['weights']}) | {record['data']['image_size']} px")

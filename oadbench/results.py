@@ -40,6 +40,8 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_jsonable(record), indent=1, sort_keys=False, allow_nan=False) + "\n"
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write (one run, one writer)
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

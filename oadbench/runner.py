@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import oadbench
+from oadbench.claims import RunClaim
 from oadbench.cost import CostMeter
 from oadbench.data import CategoryData, ImageTransform, Sample, get_dataset
 from oadbench.errors import ConfigError, DataError, MethodError, WeightsUnavailableError
@@ -189,15 +190,30 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
 
 
 def run(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Prepare and execute one run; skip it (returning the existing record) if it already finished."""
+    """Prepare and execute one run. Skipped (returning the existing record) if it already finished, unless
+    ``force``; skipped (returning ``status: claimed``) while another live process executes it."""
     prep = prepare(config)
     if not prep.config["force"] and is_finished(prep.path):
-        log.info("skipped: a finished record exists at %s (force=true reruns)", prep.path)
-        record = read_record(prep.path)
-        assert record is not None
-        record["skipped"] = True
-        return record
-    return execute(prep)
+        return _skipped(prep)
+    claim = RunClaim(prep.path)
+    if not claim.acquire():
+        owner = claim.owner or {}
+        log.info("skipped: run %s is being executed by %s (pid %s)", prep.path, owner.get("host"), owner.get("pid"))
+        return {"status": "claimed", "skipped": True, "config": prep.config, "path": str(prep.path),
+                "claimed_by": {k: owner.get(k) for k in ("host", "pid")}}
+    with claim:
+        if not prep.config["force"] and is_finished(prep.path):  # finished elsewhere while we were preparing
+            return _skipped(prep)
+        return execute(prep)
+
+
+def _skipped(prep: Prepared) -> dict[str, Any]:
+    log.info("skipped: a finished record exists at %s (force=true reruns)", prep.path)
+    record = read_record(prep.path)
+    assert record is not None
+    record["skipped"] = True
+    record["path"] = str(prep.path)
+    return record
 
 
 # --------------------------------------------------------------------------------------------------------------
