@@ -51,7 +51,8 @@ class Tracker:
         return wandb.init(
             mode=mode, project=project, entity=entity, dir=str(dir), name=name, group=group, tags=list(tags),
             config=dict(config), reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True, init_timeout=60),
+            settings=wandb.Settings(console="off", x_disable_stats=True,
+                                    init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 60))),
         )
 
     @property
