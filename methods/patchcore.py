@@ -117,7 +117,17 @@ class PatchCore(Method):
     def consolidate(self) -> None:
         if self.context.mode != "offline" or not self._stale:
             return
-        patches = torch.cat(self._stored).to(self.device)
+        if len(self._stored) > 1:  # merge in place of the per-batch pieces: the peak is one copy, not two
+            merged = torch.empty(sum(t.shape[0] for t in self._stored), self._stored[0].shape[1],
+                                 dtype=self._stored[0].dtype)
+            pos = 0
+            while self._stored:
+                piece = self._stored.pop(0)
+                merged[pos:pos + piece.shape[0]] = piece
+                pos += piece.shape[0]
+                del piece
+            self._stored = [merged]
+        patches = self._stored[0].to(self.device)
         k = max(1, math.ceil(self.config.coreset_ratio * patches.shape[0]))
         idx = greedy_kcenter(patches, k, seed=self.context.seed, projection_dim=self.config.projection_dim,
                              progress=k > 20000)

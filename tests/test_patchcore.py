@@ -51,6 +51,14 @@ def test_offline_coreset_is_ten_percent_of_all_patches():
         m.observe(batch(2, seed=i))
     m.consolidate()
     assert m.bank.shape[0] == math.ceil(0.1 * 5 * 2 * 64)
+    # the stored patches were merged into one tensor (no second copy kept), in observation order
+    assert len(m._stored) == 1
+    expected = torch.cat([m.embed(batch(2, seed=i))[0] for i in range(5)])
+    assert torch.equal(m._stored[0], expected)
+    assert all((m.bank[:, None, :] == m._stored[0][None]).all(-1).any(1))  # bank rows are stored patches
+    m.observe(batch(2, seed=7))
+    m.consolidate()  # more data after a consolidation: the coreset is rebuilt over everything
+    assert m.bank.shape[0] == math.ceil(0.1 * 6 * 2 * 64) and m._stored[0].shape[0] == 6 * 2 * 64
 
 
 def test_eq7_reweighting_matches_a_direct_computation():
