@@ -152,3 +152,18 @@ def test_the_heartbeat_keeps_a_claim_fresh(tmp_path):
     time.sleep(0.3)
     assert time.time() - claim_path(record).stat().st_mtime < 5
     claim.release()
+
+
+def test_the_readme_slurm_settings_are_valid_launcher_keys(tmp_path):
+    """Up to the cluster boundary: the README's SLURM sweep composes with the submitit_slurm launcher."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("hydra/launcher=submitit_slurm", 1)[1].split("```", 1)[0]
+    settings = [tok for tok in block.split() if tok.startswith("hydra.launcher.")]
+    assert len(settings) >= 5
+    out = subprocess.run([sys.executable, "-m", "oadbench", "run", "hydra/launcher=submitit_slurm", *settings,
+                          "--cfg", "hydra"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "SlurmLauncher" in out.stdout
+    for setting in settings:
+        key, value = setting.removeprefix("hydra.launcher.").split("=")
+        assert f"\n    {key}: {value}\n" in out.stdout, setting
