@@ -20,6 +20,9 @@ commands:
   run  [KEY=VALUE ...]          one run (or a sweep with -m), configured with Hydra overrides, e.g.
                                 oadbench run protocol=online_cold_start method=padim dataset=synthetic seed=0
   list methods|protocols|datasets
+  leaderboard [RECORDS_DIR] [--out DIR]
+                                compile run records into leaderboards/<protocol>/<dataset>.csv and README.md
+                                (default: the committed leaderboards/records into leaderboards/)
   data synthetic [--root DIR]   write the embedded synthetic dataset (MVTec layout)
 
 `oadbench run --help` shows the full configuration; `oadbench run --cfg job` prints the resolved one.
@@ -40,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _list(rest)
         if command == "data":
             return _data(rest)
+        if command == "leaderboard":
+            return _leaderboard(rest)
     except OadbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -172,6 +177,21 @@ def _list(args: list[str]) -> int:
     width = max((len(n) for n, _ in rows), default=0)
     for name, text in rows:
         print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def _leaderboard(args: list[str]) -> int:
+    from oadbench.leaderboard import compile_leaderboards
+    from oadbench.paths import repo_dir
+
+    base = repo_dir("leaderboards") or Path("leaderboards")
+    parser = argparse.ArgumentParser(prog="oadbench leaderboard")
+    parser.add_argument("records", nargs="?", type=Path, default=base / "records",
+                        help="directory of run records (searched recursively)")
+    parser.add_argument("--out", type=Path, default=base, help="where the CSVs and README.md go")
+    ns = parser.parse_args(args)
+    for path in compile_leaderboards(ns.records, ns.out):
+        print(path)
     return 0
 
 

@@ -1,0 +1,207 @@
+"""Leaderboards compiled from run records, never edited by hand.
+
+``compile_leaderboards(records_dir, out_dir)`` reads every finished record under ``records_dir`` and writes
+``<out_dir>/<protocol>/<dataset>.csv`` and ``<out_dir>/README.md`` (the same tables in Markdown).
+
+Rows of a CSV: one per (method, backbone, category), then one ``mean`` row per (method, backbone), sorted by
+method, backbone, category. A category row aggregates the seeds of that cell: ``<metric>_mean`` and
+``<metric>_std`` (sample standard deviation, ddof = 1; empty with a single seed). A ``mean`` row averages each
+seed's metric over the categories run with that seed, then takes mean and std over seeds, so its std is the
+seed-to-seed spread of the category average. Online summaries per metric: ``aulc_<metric>`` (area under the
+learning curve) and ``images_to_95_<metric>``; cost: observe and score ms per image (median), peak RSS (MiB)
+and final footprint (MiB), each a mean over runs. Also the number of runs, the seeds, the image size and the
+oadbench version(s) that produced them. Floats are written with 4 decimals, rows and columns in a fixed order,
+so a diff of two compilations shows only real changes.
+
+Two finished records for the same (protocol, dataset, method, backbone, category, seed) with different run
+identities (say, two hyperparameter settings) are an error naming both files: a leaderboard cell is one
+configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from oadbench.errors import DataError
+from oadbench.results import FINISHED, iter_records
+
+METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
+SUMMARIES = ("aulc", "images_to_95")
+COSTS = ("observe_ms", "score_ms", "peak_rss_mb", "footprint_mb")
+MEAN_ROW = "mean"
+
+
+def columns() -> list[str]:
+    cols = ["method", "backbone", "category", "n_runs", "seeds"]
+    for m in METRICS:
+        cols += [f"{m}_mean", f"{m}_std"]
+    for s in SUMMARIES:
+        cols += [f"{s}_{m}" for m in METRICS]
+    cols += list(COSTS) + ["image_size", "oadbench_version"]
+    return cols
+
+
+def run_values(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers one record contributes to its leaderboard cell."""
+    final = record.get("final") or {}
+    summary = record.get("summary") or {}
+    cost = record.get("cost") or {}
+    values: dict[str, Any] = {m: final.get(m) for m in METRICS}
+    for s in SUMMARIES:
+        for m in METRICS:
+            values[f"{s}_{m}"] = (summary.get(m) or {}).get(s)
+    values["observe_ms"] = (cost.get("observe") or {}).get("median_ms")
+    values["score_ms"] = (cost.get("score") or {}).get("median_ms")
+    values["peak_rss_mb"] = cost.get("peak_rss_mb")
+    footprint = cost.get("footprint_bytes")
+    values["footprint_mb"] = None if footprint is None else footprint / 2**20
+    return values
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.fmean(xs) if xs else None
+
+
+def _std(values: Iterable[Any]) -> float | None:
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _cell_row(method: str, backbone: str, category: str, runs: Mapping[int, Mapping[str, Any]],
+              meta: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``runs``: seed -> run values (one category, or the category average for a mean row)."""
+    seeds = sorted(runs)
+    row: dict[str, Any] = {"method": method, "backbone": backbone, "category": category,
+                           "n_runs": sum(int(r.get("_n", 1)) for r in runs.values()),
+                           "seeds": " ".join(map(str, seeds))}
+    for m in METRICS:
+        row[f"{m}_mean"] = _mean(runs[s][m] for s in seeds)
+        row[f"{m}_std"] = _std(runs[s][m] for s in seeds)
+    for key in [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS):
+        row[key] = _mean(runs[s][key] for s in seeds)
+    row["image_size"] = " ".join(sorted({str(x["image_size"]) for x in meta}, key=int))
+    row["oadbench_version"] = " ".join(sorted({str(x["version"]) for x in meta}))
+    return row
+
+
+def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(protocol, dataset) -> leaderboard rows, from (path, record) pairs (unfinished records are ignored)."""
+    cells: dict[tuple[str, str], dict[tuple[str, str, str], dict[int, dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(dict))
+    meta: dict[tuple[str, str], dict[tuple[str, str, str], list[dict[str, Any]]]] = defaultdict(
+        lambda: defaultdict(list))
+    owners: dict[tuple, tuple[str, Path]] = {}
+    for path, record in records:
+        if record.get("status") != FINISHED:
+            continue
+        cfg = record["config"]
+        table = (cfg["protocol"]["name"], cfg["dataset"]["name"])
+        cell = (cfg["method"]["name"], record["backbone"]["name"], str(cfg["dataset"]["category"]))
+        seed = int(cfg["seed"])
+        key = (*table, *cell, seed)
+        if key in owners and owners[key][0] != record.get("id"):
+            raise DataError(f"two records for {'/'.join(map(str, key[:5]))} seed {seed} with different "
+                            f"configurations: {owners[key][1]} and {path}; a leaderboard cell is one configuration")
+        if key in owners:
+            continue  # the same run copied twice
+        owners[key] = (record.get("id"), path)
+        cells[table][cell][seed] = run_values(record)
+        meta[table][cell].append({"image_size": record["data"]["image_size"],
+                                  "version": record["env"].get("oadbench")})
+    tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for table in sorted(cells):
+        rows = []
+        by_method: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+        for cell in sorted(cells[table]):
+            rows.append(_cell_row(*cell, cells[table][cell], meta[table][cell]))
+            by_method[cell[:2]].append(cell)
+        for (method, backbone), cell_keys in sorted(by_method.items()):
+            per_seed: dict[int, dict[str, Any]] = {}
+            for seed in sorted({s for c in cell_keys for s in cells[table][c]}):
+                present = [cells[table][c][seed] for c in cell_keys if seed in cells[table][c]]
+                per_seed[seed] = {k: _mean(v[k] for v in present) for k in present[0]}
+                per_seed[seed]["_n"] = len(present)
+            rows.append(_cell_row(method, backbone, MEAN_ROW, per_seed,
+                                  [m for c in cell_keys for m in meta[table][c]]))
+        rows.sort(key=lambda r: (r["method"], r["backbone"], r["category"] == MEAN_ROW, r["category"]))
+        tables[table] = rows
+    return tables
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    cols = columns()
+    writer.writerow(cols)
+    for row in rows:
+        writer.writerow([_fmt(row.get(c)) for c in cols])
+    return buf.getvalue()
+
+
+def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> str:
+    def pm(row: Mapping[str, Any], metric: str) -> str:
+        mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+        if mean is None:
+            return "–"
+        return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+
+    lines = ["# Leaderboards", "",
+             "Generated by `oadbench leaderboard` from the run records in `records/`; do not edit by hand.",
+             "Mean ± std over seeds; image / pixel AUROC, AUPRO, area under the learning curve of image AUROC,",
+             "the method's own observe and score ms per image (median) and the number of runs.", ""]
+    for (protocol, dataset), rows in tables.items():
+        lines += [f"## {protocol} / {dataset}", "",
+                  "| method | backbone | category | image AUROC | pixel AUROC | AUPRO | AULC img | observe ms "
+                  "| score ms | runs |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            cat = f"**{r['category']}**" if r["category"] == MEAN_ROW else r["category"]
+            lines.append(f"| {r['method']} | {r['backbone']} | {cat} | {pm(r, 'image_auroc')} | "
+                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {_fmt3(r.get('aulc_image_auroc'))} | "
+                         f"{_fmt1(r.get('observe_ms'))} | {_fmt1(r.get('score_ms'))} | {r['n_runs']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt3(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
+def _fmt1(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def compile_leaderboards(records_dir: Path, out_dir: Path) -> list[Path]:
+    """Write every leaderboard CSV and the Markdown README; returns the written paths."""
+    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    if not records_dir.is_dir():
+        raise DataError(f"records directory {records_dir} does not exist")
+    tables = build_tables(iter_records(records_dir))
+    if not tables:
+        raise DataError(f"no finished run record under {records_dir}")
+    written = []
+    for (protocol, dataset), rows in tables.items():
+        path = out_dir / protocol / f"{dataset}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(to_csv(rows))
+        written.append(path)
+    readme = out_dir / "README.md"
+    readme.write_text(to_markdown(tables))
+    written.append(readme)
+    return written

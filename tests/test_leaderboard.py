@@ -1,0 +1,106 @@
+"""Leaderboards from fixture records: rows, means and stds over seeds, the mean row, stable bytes, conflicts."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from oadbench.cli import main
+from oadbench.errors import DataError
+from oadbench.leaderboard import METRICS, compile_leaderboards
+from oadbench.results import write_record
+
+RNG = np.random.default_rng(7)
+
+
+def make_record(method: str, category: str, seed: int, metrics: dict[str, float], status: str = "finished",
+                run_id: str | None = None, protocol: str = "online_cold_start") -> dict:
+    return {
+        "schema": 1, "id": run_id or f"{method}-{category}-{seed}", "status": status,
+        "config": {"protocol": {"name": protocol}, "method": {"name": method},
+                   "dataset": {"name": "synthetic", "category": category}, "seed": seed},
+        "env": {"oadbench": "0.1.0"}, "backbone": {"name": "tf_efficientnet_lite0"}, "data": {"image_size": 256},
+        "final": metrics,
+        "summary": {m: {"final": v, "aulc": v / 2, "images_to_95": 10 * (seed + 1)} for m, v in metrics.items()},
+        "cost": {"observe": {"median_ms": 2.0 + seed}, "score": {"median_ms": 5.0}, "peak_rss_mb": 1000.0,
+                 "footprint_bytes": 2**20},
+    }
+
+
+@pytest.fixture
+def fixture_records(tmp_path):
+    root = tmp_path / "records"
+    values = {}
+    for method in ("padim", "lemo"):
+        for category in ("capsule", "fabric"):
+            for seed in (0, 1, 2):
+                metrics = {m: float(RNG.uniform(0.5, 1.0)) for m in METRICS}
+                values[(method, category, seed)] = metrics
+                write_record(root / method / f"{category}-{seed}.json", make_record(method, category, seed, metrics))
+    write_record(root / "padim" / "failed.json",  # ignored: not finished
+                 make_record("padim", "capsule", 3, {m: 0.0 for m in METRICS}, status="failed"))
+    return root, values
+
+
+def read_csv(path):
+    return list(csv.DictReader(io.StringIO(path.read_text())))
+
+
+def test_rows_means_and_stds(fixture_records, tmp_path):
+    root, values = fixture_records
+    out = tmp_path / "lb"
+    compile_leaderboards(root, out)
+    rows = read_csv(out / "online_cold_start" / "synthetic.csv")
+    assert [(r["method"], r["category"]) for r in rows] == [
+        ("lemo", "capsule"), ("lemo", "fabric"), ("lemo", "mean"),
+        ("padim", "capsule"), ("padim", "fabric"), ("padim", "mean")]
+    for r in rows:
+        if r["category"] == "mean":
+            per_seed = [np.mean([values[(r["method"], c, s)]["aupro"] for c in ("capsule", "fabric")])
+                        for s in (0, 1, 2)]
+            assert r["n_runs"] == "6"
+        else:
+            per_seed = [values[(r["method"], r["category"], s)]["aupro"] for s in (0, 1, 2)]
+            assert r["n_runs"] == "3" and r["seeds"] == "0 1 2"
+        assert float(r["aupro_mean"]) == pytest.approx(np.mean(per_seed), abs=5e-5)
+        assert float(r["aupro_std"]) == pytest.approx(np.std(per_seed, ddof=1), abs=5e-5)
+        assert float(r["aulc_aupro"]) == pytest.approx(np.mean(per_seed) / 2, abs=5e-5)
+        assert float(r["observe_ms"]) == pytest.approx(3.0) and float(r["footprint_mb"]) == pytest.approx(1.0)
+        assert r["oadbench_version"] == "0.1.0" and r["image_size"] == "256"
+    md = (out / "README.md").read_text()
+    assert "## online_cold_start / synthetic" in md and md.count("| **mean** |") == 2
+
+
+def test_output_is_byte_stable_and_the_cli_writes_it(fixture_records, tmp_path, capsys):
+    root, _ = fixture_records
+    compile_leaderboards(root, tmp_path / "a")
+    assert main(["leaderboard", str(root), "--out", str(tmp_path / "b")]) == 0
+    for name in ("online_cold_start/synthetic.csv", "README.md"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert "synthetic.csv" in capsys.readouterr().out
+
+
+def test_a_single_seed_has_no_std_and_each_protocol_its_own_file(tmp_path):
+    root = tmp_path / "records"
+    write_record(root / "x.json", make_record("padim", "capsule", 0, {m: 0.9 for m in METRICS}, protocol="offline"))
+    compile_leaderboards(root, tmp_path / "lb")
+    (row, mean) = read_csv(tmp_path / "lb" / "offline" / "synthetic.csv")
+    assert row["image_auroc_mean"] == "0.9000" and row["image_auroc_std"] == ""
+    assert mean["category"] == "mean" and mean["image_auroc_mean"] == "0.9000"
+
+
+def test_two_configurations_in_one_cell_are_an_error_naming_both_files(tmp_path):
+    root = tmp_path / "records"
+    write_record(root / "a.json", make_record("padim", "capsule", 0, {m: 0.9 for m in METRICS}, run_id="one"))
+    write_record(root / "b.json", make_record("padim", "capsule", 0, {m: 0.8 for m in METRICS}, run_id="two"))
+    with pytest.raises(DataError, match=r"a\.json.*b\.json"):
+        compile_leaderboards(root, tmp_path / "lb")
+
+
+def test_no_records_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no finished run record"):
+        compile_leaderboards(tmp_path / "empty", tmp_path / "lb")
