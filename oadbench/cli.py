@@ -23,6 +23,7 @@ commands:
   leaderboard [RECORDS_DIR] [--out DIR]
                                 compile run records into leaderboards/<protocol>/<dataset>.csv and README.md
                                 (default: the committed leaderboards/records into leaderboards/)
+  figs [RECORDS_DIR] [--out DIR] paper figures (PDF and PNG) from run records (default: into paper_figs/)
   data synthetic [--root DIR]   write the embedded synthetic dataset (MVTec layout)
 
 `oadbench run --help` shows the full configuration; `oadbench run --cfg job` prints the resolved one.
@@ -45,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _data(rest)
         if command == "leaderboard":
             return _leaderboard(rest)
+        if command == "figs":
+            return _figs(rest)
     except OadbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -191,6 +194,20 @@ def _leaderboard(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=base, help="where the CSVs and README.md go")
     ns = parser.parse_args(args)
     for path in compile_leaderboards(ns.records, ns.out):
+        print(path)
+    return 0
+
+
+def _figs(args: list[str]) -> int:
+    from oadbench.figures import draw_figures
+    from oadbench.paths import repo_dir
+
+    records = (repo_dir("leaderboards") or Path("leaderboards")) / "records"
+    parser = argparse.ArgumentParser(prog="oadbench figs")
+    parser.add_argument("records", nargs="?", type=Path, default=records, help="directory of run records")
+    parser.add_argument("--out", type=Path, default=repo_dir("paper_figs") or Path("paper_figs"))
+    ns = parser.parse_args(args)
+    for path in draw_figures(ns.records, ns.out):
         print(path)
     return 0
 

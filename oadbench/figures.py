@@ -1,0 +1,202 @@
+"""Paper figures drawn from run records (seaborn; each figure written as PDF and PNG).
+
+- ``learning_curves_<protocol>_<dataset>``: image AUROC vs observed images, one line per method, mean ± std
+  over seeds of the category average, at the checkpoints every run of that method shares;
+- ``contamination_<dataset>``: final image AUROC vs the stream's contamination ratio (``online_contaminated``
+  and ``online_cold_start`` records; cold start counts as 0), one line per method, mean ± std over seeds;
+- ``categories_<protocol>_<dataset>``: final image AUROC per category, one bar per method, std over seeds;
+- ``cost_vs_accuracy_<protocol>_<dataset>``: observe + score ms per image (median, the method's own work) vs
+  final image AUROC, one point per (method, category) run average;
+- ``footprint_<protocol>_<dataset>``: the method's footprint (MiB) vs observed images, one line per method.
+
+Records that are not finished are ignored. Figures are only drawn where their data exist (a learning curve needs
+an online protocol with at least two checkpoints, a contamination plot at least two ratios).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from oadbench.errors import DataError
+from oadbench.results import FINISHED, iter_records
+
+METRIC = "image_auroc"
+
+
+def _finished(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
+    return [r for _, r in records if r.get("status") == FINISHED]
+
+
+def _key(r: Mapping[str, Any]) -> tuple[str, str]:
+    return r["config"]["protocol"]["name"], r["config"]["dataset"]["name"]
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _save(fig: Any, out: Path, name: str) -> list[Path]:
+    paths = []
+    for ext in ("pdf", "png"):
+        path = out / f"{name}.{ext}"
+        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
+        paths.append(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return paths
+
+
+def _seed_average(runs: list[Mapping[str, Any]], value: Any) -> dict[int, float]:
+    """seed -> the category average of ``value(run)`` over that seed's runs (None values skipped)."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for r in runs:
+        v = value(r)
+        if v is not None:
+            by_seed[int(r["config"]["seed"])].append(float(v))
+    return {s: statistics.fmean(v) for s, v in sorted(by_seed.items()) if v}
+
+
+def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
+    """Draw every figure the records support into ``out_dir``; returns the written files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    records = _finished(iter_records(Path(records_dir)))
+    if not records:
+        raise DataError(f"no finished run record under {records_dir}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid", context="paper")
+    written: list[Path] = []
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        groups[_key(r)].append(r)
+    methods = sorted({r["config"]["method"]["name"] for r in records})
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods)), strict=True))
+
+    for (protocol, dataset), runs in sorted(groups.items()):
+        by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in runs:
+            by_method[r["config"]["method"]["name"]].append(r)
+
+        # learning curves
+        if any(r["config"]["protocol"].get("training") == "online" and len(r["checkpoints"]) > 1 for r in runs):
+            fig, ax = plt.subplots(figsize=(5, 3.2))
+            for method, mruns in sorted(by_method.items()):
+                shared = set.intersection(*({c["observed"] for c in r["checkpoints"]} for r in mruns))
+                xs = sorted(shared)
+                if len(xs) < 2:
+                    continue
+                means, stds = [], []
+                for x in xs:
+                    per_seed = _seed_average(mruns, lambda r, x=x: next(
+                        c["metrics"].get(METRIC) for c in r["checkpoints"] if c["observed"] == x))
+                    m, s = _mean_std(list(per_seed.values()))
+                    means.append(m)
+                    stds.append(s)
+                ax.plot(xs, means, marker="o", ms=3, label=method, color=palette[method])
+                ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
+                                [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2, color=palette[method])
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlabel("observed images")
+            ax.set_ylabel("image AUROC")
+            ax.set_title(f"{protocol} / {dataset}")
+            ax.legend(fontsize=7)
+            written += _save(fig, out, f"learning_curves_{protocol}_{dataset}")
+
+        # per-category bars
+        rows = [{"method": r["config"]["method"]["name"], "category": r["config"]["dataset"]["category"],
+                 "value": r["final"].get(METRIC)} for r in runs if r["final"].get(METRIC) is not None]
+        if rows:
+            import pandas as pd
+
+            frame = pd.DataFrame(rows).sort_values(["category", "method"])
+            fig, ax = plt.subplots(figsize=(max(4, 1.2 * frame["category"].nunique() + 2), 3.2))
+            sns.barplot(frame, x="category", y="value", hue="method", palette=palette, errorbar="sd", ax=ax,
+                        hue_order=sorted(frame["method"].unique()))
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("final image AUROC")
+            ax.set_title(f"{protocol} / {dataset}")
+            ax.legend(fontsize=7)
+            written += _save(fig, out, f"categories_{protocol}_{dataset}")
+
+        # cost vs accuracy
+        points = []
+        for method, mruns in sorted(by_method.items()):
+            for category in sorted({r["config"]["dataset"]["category"] for r in mruns}):
+                cruns = [r for r in mruns if r["config"]["dataset"]["category"] == category]
+                cost = [(r["cost"].get("observe") or {}).get("median_ms", 0.0) or 0.0 for r in cruns]
+                cost = [c + ((r["cost"].get("score") or {}).get("median_ms") or 0.0) for c, r in zip(
+                    cost, cruns, strict=True)]
+                acc = [r["final"].get(METRIC) for r in cruns if r["final"].get(METRIC) is not None]
+                if acc:
+                    points.append((method, statistics.fmean(cost), statistics.fmean(acc)))
+        if points:
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            for method in sorted({p[0] for p in points}):
+                xs = [p[1] for p in points if p[0] == method]
+                ys = [p[2] for p in points if p[0] == method]
+                ax.scatter(xs, ys, label=method, color=palette[method], s=18)
+            ax.set_xscale("log")
+            ax.set_xlabel("observe + score ms per image")
+            ax.set_ylabel("final image AUROC")
+            ax.set_title(f"{protocol} / {dataset}")
+            ax.legend(fontsize=7)
+            written += _save(fig, out, f"cost_vs_accuracy_{protocol}_{dataset}")
+
+        # footprint vs stream length
+        if any(len(r["checkpoints"]) > 1 for r in runs):
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            for method, mruns in sorted(by_method.items()):
+                curve: dict[int, list[float]] = defaultdict(list)
+                for r in mruns:
+                    for c in r["checkpoints"]:
+                        if c.get("footprint_bytes") is not None:
+                            curve[int(c["observed"])].append(c["footprint_bytes"] / 2**20)
+                xs = sorted(curve)
+                ax.plot(xs, [statistics.fmean(curve[x]) for x in xs], marker="o", ms=3, label=method,
+                        color=palette[method])
+            ax.set_xscale("symlog", linthresh=1)
+            ax.set_yscale("symlog", linthresh=0.01)
+            ax.set_xlabel("observed images")
+            ax.set_ylabel("footprint (MiB)")
+            ax.set_title(f"{protocol} / {dataset}")
+            ax.legend(fontsize=7)
+            written += _save(fig, out, f"footprint_{protocol}_{dataset}")
+
+    # contamination sweep
+    by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["config"]["protocol"]["name"] in ("online_contaminated", "online_cold_start"):
+            by_dataset[r["config"]["dataset"]["name"]].append(r)
+    for dataset, runs in sorted(by_dataset.items()):
+        ratios = {float(r["config"]["protocol"]["stream"]["contamination"]) for r in runs}
+        if len(ratios) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        for method in sorted({r["config"]["method"]["name"] for r in runs}):
+            xs, means, stds = [], [], []
+            for ratio in sorted(ratios):
+                sel = [r for r in runs if r["config"]["method"]["name"] == method
+                       and float(r["config"]["protocol"]["stream"]["contamination"]) == ratio]
+                per_seed = _seed_average(sel, lambda r: r["final"].get(METRIC))
+                if per_seed:
+                    m, s = _mean_std(list(per_seed.values()))
+                    xs.append(100 * ratio)
+                    means.append(m)
+                    stds.append(s)
+            ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, capsize=2, label=method, color=palette[method])
+        ax.set_xlabel("anomalous images in the stream (%)")
+        ax.set_ylabel("final image AUROC")
+        ax.set_title(dataset)
+        ax.legend(fontsize=7)
+        written += _save(fig, out, f"contamination_{dataset}")
+    return written

@@ -1,0 +1,36 @@
+"""`oadbench figs` on fixture records writes every figure the records support, as PDF and PNG."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from oadbench.cli import main
+from oadbench.leaderboard import METRICS
+from oadbench.results import write_record
+from tests.test_leaderboard import make_record
+
+
+def test_figs_writes_every_figure(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "records"
+    for protocol, ratio in (("online_cold_start", 0.0), ("online_contaminated", 0.1), ("online_contaminated", 0.2)):
+        for method in ("padim", "lemo"):
+            for category in ("capsule", "fabric"):
+                for seed in (0, 1):
+                    rec = make_record(method, category, seed, {m: float(rng.uniform(0.5, 1)) for m in METRICS},
+                                      protocol=protocol, run_id=f"{protocol}-{ratio}-{method}-{category}-{seed}")
+                    rec["config"]["protocol"].update(training="online", stream={"contamination": ratio})
+                    rec["checkpoints"] = [{"observed": n, "metrics": {m: float(rng.uniform(0.5, 1)) for m in METRICS},
+                                           "footprint_bytes": 1000 * (n + 1)} for n in (0, 1, 10, 100)]
+                    write_record(root / f"{protocol}-{ratio}" / method / f"{category}-{seed}.json", rec)
+    out = tmp_path / "figs"
+    assert main(["figs", str(root), "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    expected = {f"{kind}_{protocol}_synthetic" for kind in ("learning_curves", "categories", "cost_vs_accuracy",
+                                                           "footprint")
+                for protocol in ("online_cold_start", "online_contaminated")} | {"contamination_synthetic"}
+    assert names == {f"{e}.{ext}" for e in expected for ext in ("pdf", "png")}
+    assert all((out / n).stat().st_size > 1000 for n in names)
+    assert (out / "learning_curves_online_cold_start_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "contamination_synthetic.pdf").read_bytes()[:4] == b"%PDF"
+    assert len(capsys.readouterr().out.splitlines()) == len(names)
