@@ -7,7 +7,10 @@
 - ``categories_<protocol>_<dataset>``: final image AUROC per category, one bar per method, std over seeds;
 - ``cost_vs_accuracy_<protocol>_<dataset>``: observe + score ms per image (median, the method's own work) vs
   final image AUROC, one point per (method, category) run average;
-- ``footprint_<protocol>_<dataset>``: the method's footprint (MiB) vs observed images, one line per method.
+- ``footprint_<protocol>_<dataset>``: the method's footprint (MiB) vs observed images, one line per method;
+- ``qualitative_<protocol>_<dataset>_<category>``: a few test images (rows) with their ground truth and each
+  method's final anomaly map (columns), from the ``.maps.npz`` files the runner writes beside holdout records
+  (lowest seed; each method's maps share one colour scale, min to max over the images shown).
 
 Records that are not finished are ignored. Figures are only drawn where their data exist (a learning curve needs
 an online protocol with at least two checkpoints, a contamination plot at least two ratios).
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +28,6 @@ from oadbench.errors import DataError
 from oadbench.results import FINISHED, iter_records
 
 METRIC = "image_auroc"
-
-
-def _finished(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> list[Mapping[str, Any]]:
-    return [r for _, r in records if r.get("status") == FINISHED]
 
 
 def _key(r: Mapping[str, Any]) -> tuple[str, str]:
@@ -69,7 +68,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    records = _finished(iter_records(Path(records_dir)))
+    pairs = [(p, r) for p, r in iter_records(Path(records_dir)) if r.get("status") == FINISHED]
+    records = [r for _, r in pairs]
     if not records:
         raise DataError(f"no finished run record under {records_dir}")
     out = Path(out_dir)
@@ -172,6 +172,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             ax.legend(fontsize=7)
             written += _save(fig, out, f"footprint_{protocol}_{dataset}")
 
+    written += _qualitative(pairs, out, palette)
+
     # contamination sweep
     by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
@@ -199,4 +201,47 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
         ax.set_title(dataset)
         ax.legend(fontsize=7)
         written += _save(fig, out, f"contamination_{dataset}")
+    return written
+
+
+def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette: Mapping[str, Any]) -> list[Path]:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cells: dict[tuple[str, str, str], dict[str, tuple[int, Path]]] = defaultdict(dict)
+    for path, r in pairs:
+        name = r.get("maps_file")
+        if not name or not (path.parent / name).is_file():
+            continue
+        key = (*_key(r), str(r["config"]["dataset"]["category"]))
+        method, seed = r["config"]["method"]["name"], int(r["config"]["seed"])
+        if method not in cells[key] or seed < cells[key][method][0]:
+            cells[key][method] = (seed, path.parent / name)
+    written: list[Path] = []
+    for (protocol, dataset, category), by_method in sorted(cells.items()):
+        methods = sorted(by_method)
+        data = {m: np.load(by_method[m][1]) for m in methods}
+        ids = [i for i in data[methods[0]]["ids"] if all(i in data[m]["ids"] for m in methods)]
+        if not ids:
+            continue
+        first = data[methods[0]]
+        rows = [int(np.flatnonzero(first["ids"] == i)[0]) for i in ids]
+        ncol = 2 + len(methods)
+        fig, axes = plt.subplots(len(ids), ncol, figsize=(1.6 * ncol, 1.6 * len(ids)), squeeze=False)
+        for r, (sample_id, row) in enumerate(zip(ids, rows, strict=True)):
+            axes[r, 0].imshow(first["images"][row])
+            axes[r, 1].imshow(first["masks"][row], cmap="gray", vmin=0, vmax=1)
+            axes[r, 0].set_ylabel(f"{'anomalous' if first['labels'][row] else 'normal'}", fontsize=7)
+            for c, m in enumerate(methods):
+                d = data[m]
+                k = int(np.flatnonzero(d["ids"] == sample_id)[0])
+                maps = d["maps"].astype(np.float32)
+                axes[r, 2 + c].imshow(maps[k], cmap="jet", vmin=float(maps.min()), vmax=float(maps.max()))
+        for c, title in enumerate(["image", "ground truth", *methods]):
+            axes[0, c].set_title(title, fontsize=8)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.suptitle(f"{protocol} / {dataset} / {category}", fontsize=9)
+        written += _save(fig, out, f"qualitative_{protocol}_{dataset}_{category}")
     return written

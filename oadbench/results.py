@@ -43,9 +43,29 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write (one run, one writer)
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide records from the rest of a team sharing results_dir
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_arrays(path: Path, **arrays: Any) -> None:
+    """Atomically write compressed numpy ``arrays`` to ``path`` (``.npz``)."""
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -49,6 +49,7 @@ from oadbench.results import (
     is_finished,
     read_record,
     record_path,
+    write_arrays,
     write_record,
 )
 from oadbench.stream import StreamPlan, TaskPlan, build_plan, plan_digest
@@ -56,6 +57,7 @@ from oadbench.tracking import WANDB_MODES, Tracker, map_panel
 from oadbench.validate import check_int
 
 log = logging.getLogger("oadbench")
+MAPS_PX = 128  # side of the anomaly maps saved beside a record
 
 INPUT_ERRORS = (ConfigError, DataError, WeightsUnavailableError)
 RUN_KEYS = ("protocol", "method", "dataset", "backbone", "image_size", "center_crop", "seed", "device",
@@ -369,6 +371,7 @@ class Execution:
             masks = es.masks.numpy() if es.has_masks else None
             per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
             self._panel_source = (es.images, es.labels, es.masks.numpy(), scores, maps)
+            self._panel_ids = [self.prep.datas[t].samples[i].id for i in es.indices]
         self._record_checkpoint(per_category, t_current, task_end)
 
     def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool) -> None:
@@ -517,6 +520,7 @@ class Execution:
         self._log_panels()
         record["tracking"] = {"wandb_mode": self.tracker.mode, "wandb_run_id": self.tracker.run_id,
                               "wandb_dir": self.tracker.run_dir}
+        record["maps_file"] = self._save_maps()
         write_record(p.path, record)
         self._close(failed=False, record=record)
         record["path"] = str(p.path)
@@ -587,6 +591,30 @@ class Execution:
         if self.spec.continual and self.checkpoints:
             out["forgetting"] = _forgetting(self.checkpoints, [t.category for t in self.prep.plan.tasks], names)
         return out
+
+    def _save_maps(self) -> str | None:
+        """Beside the record, ``<record>.maps.npz``: the final evaluation's first 2 anomalous and 2 normal images
+        (the same for every method of a protocol, dataset and seed), their masks and anomaly maps at 128 px, for
+        qualitative figures. Returns the file name, or None (prequential runs, or no evaluation)."""
+        if self._panel_source is None or self.spec.evaluation.mode == "prequential":
+            return None
+        images, labels, masks, scores, maps = self._panel_source
+        rows = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
+        if not rows:
+            return None
+        size = (MAPS_PX, MAPS_PX)
+        pick = torch.as_tensor(rows)
+        small = torch.nn.functional.interpolate(images[pick].float(), size=size, mode="area")
+        small_maps = torch.nn.functional.interpolate(torch.as_tensor(maps[rows]).float().unsqueeze(1), size=size,
+                                                     mode="area").squeeze(1)
+        small_masks = torch.nn.functional.interpolate(torch.as_tensor(masks[rows]).float().unsqueeze(1), size=size,
+                                                      mode="area").squeeze(1) > 0.5
+        path = self.prep.path.with_name(self.prep.path.stem + ".maps.npz")
+        write_arrays(path, ids=np.array([self._panel_ids[r] for r in rows]), labels=labels[rows].astype(np.int8),
+                     scores=np.asarray(scores)[rows].astype(np.float32),
+                     images=small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(),
+                     masks=small_masks.numpy(), maps=small_maps.numpy().astype(np.float16))
+        return path.name
 
     def _log_panels(self) -> None:
         """A few (image, ground truth, map) panels of the last evaluation, mostly anomalous images."""

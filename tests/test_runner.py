@@ -229,3 +229,17 @@ def test_stream_batches_are_released_once_consumed(tmp_path):
         gc.collect()
         assert sum(ref() is not None for ref in alive) == 0, "consumed batches are still referenced"
     assert len(alive) == SMALL["n_train"] // 2
+
+
+def test_a_holdout_run_saves_a_few_maps_beside_its_record(tmp_path):
+    record = run(small_run(tmp_path, "protocol=offline", "method=padim"))
+    maps_path = Path(record["path"]).with_name(record["maps_file"])
+    with np.load(maps_path) as data:
+        assert list(data["labels"]) == [1, 1, 0, 0]  # two anomalous, then two normal evaluation images
+        assert data["images"].shape == (4, 128, 128, 3) and data["images"].dtype == np.uint8
+        assert data["maps"].shape == (4, 128, 128) and data["masks"].shape == (4, 128, 128)
+        assert data["masks"][:2].any() and not data["masks"][2:].any()
+        assert all(i.startswith("synthetic/capsule/test/") for i in data["ids"])
+        # PaDiM's image score is the max of its full-size map; area downsampling can only lower the max
+        small_max = data["maps"].astype(np.float32).max(axis=(1, 2))
+        assert np.all(data["scores"] >= small_max * (1 - 1e-3)) and np.all(small_max > 0)
