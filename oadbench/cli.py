@@ -122,6 +122,11 @@ def _run(overrides: list[str]) -> int:
 
     from oadbench.config import PRIMARY, register_configs
 
+    modes = [a for a in overrides if a in (*MULTIRUN_FLAGS, "--cfg", "-c", "--info", "-i", "--shell-completion")]
+    if any(a in MULTIRUN_FLAGS for a in modes) and len(modes) > 1:
+        raise ConfigError("-m", f"cannot be combined with {', '.join(a for a in modes if a not in MULTIRUN_FLAGS)}"
+                          "; print a configuration without -m (e.g. `oadbench run hydra/launcher=joblib --cfg "
+                          "hydra`)")
     overrides, extra = _group_choices(_expand_all_categories(overrides))
     register_configs(extra)
     sweeping = any(arg in MULTIRUN_FLAGS for arg in overrides)

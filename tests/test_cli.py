@@ -61,3 +61,11 @@ def test_bad_values_are_errors_naming_the_key(tmp_path):
     out = oadbench("run", "no_such_key=1", cwd=tmp_path)
     assert out.returncode != 0 and "no_such_key" in out.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_multirun_with_cfg_is_a_clear_error(capsys):
+    from oadbench.cli import main
+
+    assert main(["run", "-m", "seed=0,1", "--cfg", "job"]) == 2
+    err = capsys.readouterr().err
+    assert "-m: cannot be combined with --cfg" in err and "Traceback" not in err
