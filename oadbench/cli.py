@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -130,6 +131,7 @@ def _run(overrides: list[str]) -> int:
     overrides, extra = _group_choices(_expand_all_categories(overrides))
     register_configs(extra)
     sweeping = any(arg in MULTIRUN_FLAGS for arg in overrides)
+    os.environ["OADBENCH_SWEEP_ID"] = str(os.getpid())  # names the sweep directory; launcher workers inherit it
 
     def task(cfg: DictConfig) -> None:
         from oadbench.report import format_record

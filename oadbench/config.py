@@ -48,7 +48,8 @@ def primary_config() -> dict[str, Any]:
             "run": {"dir": "."},
             "output_subdir": None,
             "job": {"chdir": False},
-            "sweep": {"dir": "${results_dir}/multirun/${now:%Y-%m-%d_%H-%M-%S}", "subdir": "${hydra.job.num}"},
+            "sweep": {"dir": "${results_dir}/multirun/${now:%Y-%m-%d_%H-%M-%S}-${oc.env:OADBENCH_SWEEP_ID,0}",
+                      "subdir": "${hydra.job.num}"},  # the id keeps two sweeps started together apart
         },
     }
 

@@ -101,6 +101,7 @@ def test_concurrent_sweeps_share_one_records_directory(tmp_path):
                 if line.startswith("online_cold_start | padim") and "[skipped" not in line]
     for seed in range(4):  # every run was executed by exactly one of the two sweeps
         assert sum(f"| seed {seed} |" in line for line in executed) == 1, executed
+    assert len(list((tmp_path / "multirun").iterdir())) == 2  # Hydra's sweep logs do not collide either
 
 
 # ---- claims, in one process --------------------------------------------------------------------------------
