@@ -89,7 +89,7 @@ def _build_task(spec: ProtocolSpec, data: CategoryData, seed: int, task_index: i
     k = spec.warmup.k if first else 0
     if k > len(train_idx):
         raise ConfigError(
-            "warmup.k",
+            "protocol.warmup.k",
             f"asks for {k} normal warm-up images but category '{data.category}' has {len(train_idx)} "
             "normal training images",
         )
@@ -117,7 +117,7 @@ def _build_task(spec: ProtocolSpec, data: CategoryData, seed: int, task_index: i
         n_anom_eval = sum(samples[i].is_anomalous for i in evaluation)
         if not evaluation or n_anom_eval == 0 or n_anom_eval == len(evaluation):
             raise ConfigError(
-                "stream.overlap",
+                "protocol.stream.overlap",
                 f"the evaluation split of category '{data.category}' would hold {len(evaluation)} images "
                 f"({n_anom_eval} anomalous) after removing the streamed test images; holdout evaluation needs "
                 "normal and anomalous images (set stream.overlap: true or evaluation.mode: prequential)",
@@ -149,7 +149,7 @@ def _contaminated_pool(
         n_norm = st.max_length - n_anom
         if n_norm > len(train_left):
             raise ConfigError(
-                "stream.max_length",
+                "protocol.stream.max_length",
                 f"a stream of {st.max_length} images with contamination {c} needs {n_norm} normal images but "
                 f"category '{data.category}' has {len(train_left)} normal training images left after warm-up",
             )
@@ -160,7 +160,7 @@ def _contaminated_pool(
     if n_anom > available:
         keep = "" if st.overlap else " (one is kept for the evaluation split)"
         raise ConfigError(
-            "stream.contamination",
+            "protocol.stream.contamination",
             f"contamination {c} asks for {n_anom} anomalous stream images but category '{data.category}' can "
             f"give only {max(available, 0)} of its {len(test_anom)} anomalous test images{keep}",
         )
