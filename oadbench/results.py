@@ -13,9 +13,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SCHEMA_VERSION = 1
 FINISHED = "finished"
@@ -38,34 +38,30 @@ def record_path(results_dir: Path, protocol: str, dataset: str, method: str, cat
 def write_record(path: Path, record: Mapping[str, Any]) -> None:
     """Atomically write ``record`` to ``path`` (readers see the old file or the whole new one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(_jsonable(record), indent=1, sort_keys=False, allow_nan=False) + "\n"
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write (one run, one writer)
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide records from the rest of a team sharing results_dir
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write (one run, one writer)
+            stale.unlink(missing_ok=True)
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_arrays(path: Path, **arrays: Any) -> None:
     """Atomically write compressed numpy ``arrays`` to ``path`` (``.npz``)."""
     import numpy as np
 
-    path = Path(path)
+    _atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """``write`` into a temp file beside ``path``, fsync, then rename over ``path``; the temp file is removed on
+    any failure. The file is made readable by others (mkstemp's 0600 would hide records from a team sharing
+    ``results_dir``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
