@@ -190,11 +190,17 @@ def _list(args: list[str]) -> int:
     return 0
 
 
-def _leaderboard(args: list[str]) -> int:
-    from oadbench.leaderboard import compile_leaderboards
+def _repo_or_cwd(name: str) -> Path:
+    """The source checkout's ``<name>/`` folder, else ``./<name>``."""
     from oadbench.paths import repo_dir
 
-    base = repo_dir("leaderboards") or Path("leaderboards")
+    return repo_dir(name) or Path(name)
+
+
+def _leaderboard(args: list[str]) -> int:
+    from oadbench.leaderboard import compile_leaderboards
+
+    base = _repo_or_cwd("leaderboards")
     parser = argparse.ArgumentParser(prog="oadbench leaderboard")
     parser.add_argument("records", nargs="?", type=Path, default=base / "records",
                         help="directory of run records (searched recursively)")
@@ -207,12 +213,11 @@ def _leaderboard(args: list[str]) -> int:
 
 def _figs(args: list[str]) -> int:
     from oadbench.figures import draw_figures
-    from oadbench.paths import repo_dir
 
-    records = (repo_dir("leaderboards") or Path("leaderboards")) / "records"
     parser = argparse.ArgumentParser(prog="oadbench figs")
-    parser.add_argument("records", nargs="?", type=Path, default=records, help="directory of run records")
-    parser.add_argument("--out", type=Path, default=repo_dir("paper_figs") or Path("paper_figs"))
+    parser.add_argument("records", nargs="?", type=Path, default=_repo_or_cwd("leaderboards") / "records",
+                        help="directory of run records")
+    parser.add_argument("--out", type=Path, default=_repo_or_cwd("paper_figs"))
     ns = parser.parse_args(args)
     for path in draw_figures(ns.records, ns.out):
         print(path)

@@ -50,6 +50,16 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
     return paths
 
 
+def _finish(fig: Any, ax: Any, out: Path, name: str, title: str, ylabel: str, xlabel: str | None = None) -> list[Path]:
+    """Title, axis labels (the x label only when given) and legend of a one-axes figure, then :func:`_save`."""
+    if xlabel is not None:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _save(fig, out, name)
+
+
 def _seed_average(runs: list[Mapping[str, Any]], value: Any) -> dict[int, float]:
     """seed -> the category average of ``value(run)`` over that seed's runs (None values skipped)."""
     by_seed: dict[int, list[float]] = defaultdict(list)
@@ -106,11 +116,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
                                 [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2, color=palette[method])
             ax.set_xscale("symlog", linthresh=1)
-            ax.set_xlabel("observed images")
-            ax.set_ylabel("image AUROC")
-            ax.set_title(f"{protocol} / {dataset}")
-            ax.legend(fontsize=7)
-            written += _save(fig, out, f"learning_curves_{protocol}_{dataset}")
+            written += _finish(fig, ax, out, f"learning_curves_{protocol}_{dataset}", f"{protocol} / {dataset}",
+                               "image AUROC", "observed images")
 
         # per-category bars
         rows = [{"method": r["config"]["method"]["name"], "category": r["config"]["dataset"]["category"],
@@ -123,10 +130,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             sns.barplot(frame, x="category", y="value", hue="method", palette=palette, errorbar="sd", ax=ax,
                         hue_order=sorted(frame["method"].unique()))
             ax.set_ylim(0, 1)
-            ax.set_ylabel("final image AUROC")
-            ax.set_title(f"{protocol} / {dataset}")
-            ax.legend(fontsize=7)
-            written += _save(fig, out, f"categories_{protocol}_{dataset}")
+            written += _finish(fig, ax, out, f"categories_{protocol}_{dataset}", f"{protocol} / {dataset}",
+                               "final image AUROC")
 
         # cost vs accuracy
         points = []
@@ -146,11 +151,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
                 ys = [p[2] for p in points if p[0] == method]
                 ax.scatter(xs, ys, label=method, color=palette[method], s=18)
             ax.set_xscale("log")
-            ax.set_xlabel("observe + score ms per image")
-            ax.set_ylabel("final image AUROC")
-            ax.set_title(f"{protocol} / {dataset}")
-            ax.legend(fontsize=7)
-            written += _save(fig, out, f"cost_vs_accuracy_{protocol}_{dataset}")
+            written += _finish(fig, ax, out, f"cost_vs_accuracy_{protocol}_{dataset}", f"{protocol} / {dataset}",
+                               "final image AUROC", "observe + score ms per image")
 
         # footprint vs stream length
         if any(len(r["checkpoints"]) > 1 for r in runs):
@@ -166,11 +168,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
                         color=palette[method])
             ax.set_xscale("symlog", linthresh=1)
             ax.set_yscale("symlog", linthresh=0.01)
-            ax.set_xlabel("observed images")
-            ax.set_ylabel("footprint (MiB)")
-            ax.set_title(f"{protocol} / {dataset}")
-            ax.legend(fontsize=7)
-            written += _save(fig, out, f"footprint_{protocol}_{dataset}")
+            written += _finish(fig, ax, out, f"footprint_{protocol}_{dataset}", f"{protocol} / {dataset}",
+                               "footprint (MiB)", "observed images")
 
     written += _qualitative(pairs, out, palette)
 
@@ -196,11 +195,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
                     means.append(m)
                     stds.append(s)
             ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, capsize=2, label=method, color=palette[method])
-        ax.set_xlabel("anomalous images in the stream (%)")
-        ax.set_ylabel("final image AUROC")
-        ax.set_title(dataset)
-        ax.legend(fontsize=7)
-        written += _save(fig, out, f"contamination_{dataset}")
+        written += _finish(fig, ax, out, f"contamination_{dataset}", dataset, "final image AUROC",
+                           "anomalous images in the stream (%)")
     return written
 
 
