@@ -65,13 +65,18 @@ def run_values(record: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _numbers(values: Iterable[Any]) -> list[float]:
+    """The defined values (None and NaN are undefined metrics)."""
+    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+
+
 def _mean(values: Iterable[Any]) -> float | None:
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    xs = _numbers(values)
     return statistics.fmean(xs) if xs else None
 
 
 def _std(values: Iterable[Any]) -> float | None:
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    xs = _numbers(values)
     return statistics.stdev(xs) if len(xs) > 1 else None
 
 
