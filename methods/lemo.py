@@ -65,6 +65,7 @@ from torch import nn
 from oadbench.components import CoordConv2d, concat_levels, kmeans, upsample_maps
 from oadbench.errors import ConfigError
 from oadbench.method import Batch, Method, MethodContext, Scores, register_method, tensor_bytes
+from oadbench.validate import check_choice, check_int
 
 UPDATES = ("feature_enhanced", "parameter", "frozen")
 INITS = ("orthogonal", "kmeans")
@@ -114,13 +115,10 @@ class LeMO(Method):
         sigma: float = 4.0
 
         def __post_init__(self) -> None:
-            if self.update not in UPDATES:
-                raise ConfigError("method.update", f"{self.update!r} is not valid", allowed=UPDATES)
-            if self.init not in INITS:
-                raise ConfigError("method.init", f"{self.init!r} is not valid", allowed=INITS)
+            check_choice(self.update, UPDATES, "method.update")
+            check_choice(self.init, INITS, "method.init")
             for key in ("q", "w", "n_prototypes", "epochs", "batch_size", "score_k", "pool"):
-                if getattr(self, key) < 1:
-                    raise ConfigError(f"method.{key}", f"must be >= 1, got {getattr(self, key)}")
+                check_int(getattr(self, key), f"method.{key}", lo=1)
             if self.n_prototypes < self.q + self.w:
                 raise ConfigError("method.n_prototypes",
                                   f"K = {self.n_prototypes} must be >= q + w = {self.q + self.w}")
