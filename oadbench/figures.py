@@ -1,9 +1,12 @@
 """Paper figures drawn from run records (seaborn; each figure written as PDF and PNG).
 
+``<protocol>`` in a name is the leaderboard's table label (:func:`oadbench.leaderboard.protocol_label`).
+
 - ``learning_curves_<protocol>_<dataset>``: image AUROC vs observed images, one line per method, mean ± std
   over seeds of the category average, at the checkpoints every run of that method shares;
 - ``contamination_<dataset>``: final image AUROC vs the stream's contamination ratio (``online_contaminated``
-  and ``online_cold_start`` records; cold start counts as 0), one line per method, mean ± std over seeds;
+  and ``online_cold_start`` records; cold start counts as 0 unless ``online_contaminated`` was run at 0), one
+  line per method, mean ± std over seeds;
 - ``categories_<protocol>_<dataset>``: final image AUROC per category, one bar per method, std over seeds;
 - ``cost_vs_accuracy_<protocol>_<dataset>``: observe + score ms per image (median, the method's own work) vs
   final image AUROC, one point per (method, category) run average;
@@ -25,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.errors import DataError
+from oadbench.leaderboard import protocol_label
 from oadbench.results import FINISHED, iter_records
 
 METRIC = "image_auroc"
 
 
 def _key(r: Mapping[str, Any]) -> tuple[str, str]:
-    return r["config"]["protocol"]["name"], r["config"]["dataset"]["name"]
+    return protocol_label(r["config"]["protocol"]), r["config"]["dataset"]["name"]
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -179,6 +183,9 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
         if r["config"]["protocol"]["name"] in ("online_contaminated", "online_cold_start"):
             by_dataset[r["config"]["dataset"]["name"]].append(r)
     for dataset, runs in sorted(by_dataset.items()):
+        if any(r["config"]["protocol"]["name"] == "online_contaminated"
+               and float(r["config"]["protocol"]["stream"]["contamination"]) == 0.0 for r in runs):
+            runs = [r for r in runs if r["config"]["protocol"]["name"] == "online_contaminated"]
         ratios = {float(r["config"]["protocol"]["stream"]["contamination"]) for r in runs}
         if len(ratios) < 2:
             continue

@@ -1,7 +1,10 @@
 """Leaderboards compiled from run records, never edited by hand.
 
 ``compile_leaderboards(records_dir, out_dir)`` reads every finished record under ``records_dir`` and writes
-``<out_dir>/<protocol>/<dataset>.csv`` and ``<out_dir>/README.md`` (the same tables in Markdown).
+``<out_dir>/<protocol>/<dataset>.csv`` and ``<out_dir>/README.md`` (the same tables in Markdown). ``<protocol>``
+is :func:`protocol_label`: the protocol's name, with the warm-up size of few-shot runs (``few_shot_k4``) and the
+contamination ratio where it differs from the protocol file's (``online_contaminated_c20``), so that each
+setting of a sweep gets its own table.
 
 Rows of a CSV: one per (method, backbone, category), then one ``mean`` row per (method, backbone), sorted by
 method, backbone, category. A category row aggregates the seeds of that cell: ``<metric>_mean`` and
@@ -29,13 +32,39 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from oadbench.errors import DataError
+from oadbench.errors import ConfigError, DataError
+from oadbench.protocol import ProtocolSpec, protocol_files, read_protocol_file
 from oadbench.results import FINISHED, iter_records
 
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
 SUMMARIES = ("aulc", "images_to_95")
 COSTS = ("observe_ms", "score_ms", "peak_rss_mb", "footprint_mb")
 MEAN_ROW = "mean"
+
+
+def _file_contamination(name: str) -> float | None:
+    """The stream contamination the protocol file ``name`` sets (None: no such file or no fixed ratio)."""
+    path = protocol_files().get(name)
+    if path is None:
+        return None
+    try:
+        return ProtocolSpec.from_dict(read_protocol_file(path), source=str(path)).stream.contamination
+    except ConfigError:
+        return None
+
+
+def protocol_label(protocol: Mapping[str, Any]) -> str:
+    """The table a run belongs to, from its resolved protocol config: the name, ``_k<k>`` when the protocol has a
+    warm-up of k images, ``_c<percent>`` when the contamination differs from the protocol file's of that name."""
+    name = str(protocol["name"])
+    label = name
+    k = int((protocol.get("warmup") or {}).get("k") or 0)
+    if k:
+        label += f"_k{k}"
+    ratio, default = (protocol.get("stream") or {}).get("contamination"), _file_contamination(name)
+    if ratio is not None and default is not None and not math.isclose(float(ratio), default):
+        label += f"_c{100 * float(ratio):g}"
+    return label
 
 
 def columns() -> list[str]:
@@ -116,7 +145,7 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         if record.get("status") != FINISHED:
             continue
         cfg = record["config"]
-        table = (cfg["protocol"]["name"], cfg["dataset"]["name"])
+        table = (protocol_label(cfg["protocol"]), cfg["dataset"]["name"])
         cell = (cfg["method"]["name"], record["backbone"]["name"], str(cfg["dataset"]["category"]))
         seed = int(cfg["seed"])
         key = (*table, *cell, seed)

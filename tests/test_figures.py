@@ -35,7 +35,8 @@ def test_figs_writes_every_figure(tmp_path, capsys):
     names = {p.name for p in out.iterdir()}
     expected = {f"{kind}_{protocol}_synthetic" for kind in ("learning_curves", "categories", "cost_vs_accuracy",
                                                            "footprint")
-                for protocol in ("online_cold_start", "online_contaminated")} | {"contamination_synthetic"} | {
+                for protocol in ("online_cold_start", "online_contaminated", "online_contaminated_c20")} | {
+        "contamination_synthetic"} | {
         f"qualitative_online_cold_start_synthetic_{c}" for c in ("capsule", "fabric")}
     assert names == {f"{e}.{ext}" for e in expected for ext in ("pdf", "png")}
     assert all((out / n).stat().st_size > 1000 for n in names)

@@ -92,6 +92,25 @@ def test_a_single_seed_has_no_std_and_each_protocol_its_own_file(tmp_path):
     assert mean["category"] == "mean" and mean["image_auroc_mean"] == "0.9000"
 
 
+def test_few_shot_sizes_and_contamination_ratios_get_their_own_tables(tmp_path):
+    root = tmp_path / "records"
+    settings = [("few_shot", {"warmup": {"k": 1}}), ("few_shot", {"warmup": {"k": 8}}),
+                ("online_contaminated", {"stream": {"contamination": 0.1}}),  # the protocol file's ratio
+                ("online_contaminated", {"stream": {"contamination": 0.0}}),
+                ("online_contaminated", {"stream": {"contamination": 0.05}}),
+                ("online_prequential", {"stream": {"contamination": None}, "warmup": {"k": 0}})]
+    for i, (protocol, knobs) in enumerate(settings):
+        rec = make_record("padim", "capsule", 0, {m: 0.5 + i / 20 for m in METRICS}, run_id=str(i), protocol=protocol)
+        rec["config"]["protocol"].update(knobs)
+        write_record(root / f"{i}.json", rec)
+    written = compile_leaderboards(root, tmp_path / "lb")  # one cell each: no conflict
+    assert sorted(p.parent.name for p in written if p.suffix == ".csv") == [
+        "few_shot_k1", "few_shot_k8", "online_contaminated", "online_contaminated_c0", "online_contaminated_c5",
+        "online_prequential"]
+    assert read_csv(tmp_path / "lb" / "few_shot_k8" / "synthetic.csv")[0]["image_auroc_mean"] == "0.5500"
+    assert read_csv(tmp_path / "lb" / "online_contaminated_c5" / "synthetic.csv")[0]["image_auroc_mean"] == "0.7000"
+
+
 def test_two_configurations_in_one_cell_are_an_error_naming_both_files(tmp_path):
     root = tmp_path / "records"
     write_record(root / "a.json", make_record("padim", "capsule", 0, {m: 0.9 for m in METRICS}, run_id="one"))

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Re-runs the published grid into leaderboards/records (finished runs are skipped, so it resumes).
+#
+#   MTD_ROOT=<folder of Magnetic Tile Defects> leaderboards/run_grid.sh [LANES]
+#
+# LANES (default 2) processes share the work through run claims: lane i walks the grid in its own order and
+# skips any run another lane has claimed or finished. Each lane uses one torch thread.
+# Cost reductions (stated in every record's config): 128 px input, W&B disabled, evaluation at fewer
+# checkpoints, CFA's offline form trained for 10 epochs instead of 30 on full training splits.
+# Then: `oadbench leaderboard` and `oadbench figs`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${MTD_ROOT:?set MTD_ROOT to the Magnetic Tile Defects folder}"
+LANES=${1:-2}
+
+COMMON=(image_size=128 threads=1 wandb.mode=disabled progress=false results_dir=leaderboards/records)
+SYN=(dataset=synthetic dataset.root=.cache/synthetic dataset.category=all)
+MTD=(dataset=mtd "dataset.root=$MTD_ROOT")
+ALL=padim,patchcore,cfa,lemo
+SYN_CK='protocol.evaluation.checkpoints=[0,1,2,5,10,20,50]'
+MTD_CK='protocol.evaluation.checkpoints=[0,5,20,50,200]'
+
+# one sweep per line: dataset key, then overrides (methods and seeds are appended per lane)
+GRID=(
+  "MTD protocol=online_cold_start $MTD_CK"
+  "MTD protocol=online_contaminated $MTD_CK"
+  "MTD protocol=offline method.epochs=10 @cfa"
+  "MTD protocol=offline @padim,patchcore,lemo"
+  "MTD protocol=few_shot protocol.warmup.k=1,2,4,8"
+  "MTD protocol=online_prequential"
+  "MTD protocol=online_contaminated protocol.stream.contamination=0.0,0.05,0.2,0.3 protocol.evaluation.checkpoints=[]"
+  "SYN protocol=online_cold_start $SYN_CK"
+  "SYN protocol=online_contaminated $SYN_CK"
+  "SYN protocol=offline method.epochs=10 @cfa"
+  "SYN protocol=offline @padim,patchcore,lemo"
+  "SYN protocol=few_shot protocol.warmup.k=1,2,4,8"
+  "SYN protocol=online_prequential"
+)
+
+lane() {  # lane index: even lanes walk the grid forwards, odd lanes backwards with seeds and methods reversed
+  local i=$1 lines=("${GRID[@]}") seeds=0,1,2 n
+  if (( i % 2 )); then
+    lines=(); for (( n=${#GRID[@]}-1; n>=0; n-- )); do lines+=("${GRID[n]}"); done
+    seeds=2,1,0
+  fi
+  for line in "${lines[@]}"; do
+    read -r -a words <<< "$line"
+    local data=("${MTD[@]}") methods=$ALL args=()
+    [[ ${words[0]} == SYN ]] && data=("${SYN[@]}")
+    for w in "${words[@]:1}"; do
+      if [[ $w == @* ]]; then methods=${w#@}; else args+=("$w"); fi
+    done
+    (( i % 2 )) && methods=$(tr ',' '\n' <<< "$methods" | tac | paste -sd,)
+    oadbench run -m "${COMMON[@]}" "${data[@]}" "${args[@]}" "method=$methods" "seed=$seeds" \
+      "hydra.sweep.dir=${TMPDIR:-/tmp}/oadbench-grid/lane$i" || echo "lane $i: a sweep reported failures: $line" >&2
+  done
+}
+
+for (( l=0; l<LANES; l++ )); do lane "$l" > "${TMPDIR:-/tmp}/oadbench-grid-lane$l.log" 2>&1 & done
+wait
