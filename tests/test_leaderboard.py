@@ -25,7 +25,8 @@ def make_record(method: str, category: str, seed: int, metrics: dict[str, float]
         "env": {"oadbench": "0.1.0"}, "backbone": {"name": "tf_efficientnet_lite0"}, "data": {"image_size": 256},
         "final": metrics,
         "summary": {m: {"final": v, "aulc": v / 2, "images_to_95": 10 * (seed + 1)} for m, v in metrics.items()},
-        "cost": {"observe": {"median_ms": 2.0 + seed}, "score": {"median_ms": 5.0}, "peak_rss_mb": 1000.0,
+        "cost": {"observe": {"median_ms": 2.0 + seed, "total_s": 1.0 + seed}, "consolidate": {"total_s": 0.5},
+                 "score": {"median_ms": 5.0}, "peak_rss_mb": 1000.0,
                  "footprint_bytes": 2**20},
     }
 
@@ -69,6 +70,7 @@ def test_rows_means_and_stds(fixture_records, tmp_path):
         assert float(r["aupro_std"]) == pytest.approx(np.std(per_seed, ddof=1), abs=5e-5)
         assert float(r["aulc_aupro"]) == pytest.approx(np.mean(per_seed) / 2, abs=5e-5)
         assert float(r["observe_ms"]) == pytest.approx(3.0) and float(r["footprint_mb"]) == pytest.approx(1.0)
+        assert float(r["train_s"]) == pytest.approx(2.5)  # observe (1 + seed) + consolidate 0.5, mean over seeds
         assert r["oadbench_version"] == "0.1.0" and r["image_size"] == "256"
     md = (out / "README.md").read_text()
     assert "## online_cold_start / synthetic" in md and md.count("| **mean** |") == 2
@@ -102,12 +104,15 @@ def test_few_shot_sizes_and_contamination_ratios_get_their_own_tables(tmp_path):
     for i, (protocol, knobs) in enumerate(settings):
         rec = make_record("padim", "capsule", 0, {m: 0.5 + i / 20 for m in METRICS}, run_id=str(i), protocol=protocol)
         rec["config"]["protocol"].update(knobs)
+        if protocol == "few_shot":  # offline forms learn from the warm-up images
+            rec["cost"]["observe_warmup"] = rec["cost"].pop("observe")
         write_record(root / f"{i}.json", rec)
     written = compile_leaderboards(root, tmp_path / "lb")  # one cell each: no conflict
     assert sorted(p.parent.name for p in written if p.suffix == ".csv") == [
         "few_shot_k1", "few_shot_k8", "online_contaminated", "online_contaminated_c0", "online_contaminated_c5",
         "online_prequential"]
-    assert read_csv(tmp_path / "lb" / "few_shot_k8" / "synthetic.csv")[0]["image_auroc_mean"] == "0.5500"
+    few = read_csv(tmp_path / "lb" / "few_shot_k8" / "synthetic.csv")[0]
+    assert few["image_auroc_mean"] == "0.5500" and few["observe_ms"] == "2.0000" and few["train_s"] == "1.5000"
     assert read_csv(tmp_path / "lb" / "online_contaminated_c5" / "synthetic.csv")[0]["image_auroc_mean"] == "0.7000"
 
 
