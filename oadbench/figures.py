@@ -106,16 +106,17 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(5, 3.2))
             for method, mruns in sorted(by_method.items()):
                 shared = set.intersection(*({c["observed"] for c in r["checkpoints"]} for r in mruns))
-                xs = sorted(shared)
-                if len(xs) < 2:
-                    continue
-                means, stds = [], []
-                for x in xs:
+                xs, means, stds = [], [], []
+                for x in sorted(shared):  # a checkpoint where the metric is undefined in every seed is left out
                     per_seed = _seed_average(mruns, lambda r, x=x: next(
                         c["metrics"].get(METRIC) for c in r["checkpoints"] if c["observed"] == x))
-                    m, s = _mean_std(list(per_seed.values()))
-                    means.append(m)
-                    stds.append(s)
+                    if per_seed:
+                        m, s = _mean_std(list(per_seed.values()))
+                        xs.append(x)
+                        means.append(m)
+                        stds.append(s)
+                if len(xs) < 2:
+                    continue
                 ax.plot(xs, means, marker="o", ms=3, label=method, color=palette[method])
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)],
                                 [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2, color=palette[method])

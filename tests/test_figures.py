@@ -20,7 +20,9 @@ def test_figs_writes_every_figure(tmp_path, capsys):
                     rec = make_record(method, category, seed, {m: float(rng.uniform(0.5, 1)) for m in METRICS},
                                       protocol=protocol, run_id=f"{protocol}-{ratio}-{method}-{category}-{seed}")
                     rec["config"]["protocol"].update(training="online", stream={"contamination": ratio})
-                    rec["checkpoints"] = [{"observed": n, "metrics": {m: float(rng.uniform(0.5, 1)) for m in METRICS},
+                    # at 0 the metrics are undefined (null), as at a prequential stream's first one-class checkpoints
+                    rec["checkpoints"] = [{"observed": n, "metrics": {m: float(rng.uniform(0.5, 1)) if n else None
+                                                                      for m in METRICS},
                                            "footprint_bytes": 1000 * (n + 1)} for n in (0, 1, 10, 100)]
                     folder = root / f"{protocol}-{ratio}" / method
                     if protocol == "online_cold_start":  # maps beside the record, as the runner writes them
