@@ -1,0 +1,58 @@
+"""The published leaderboards and figures: regenerated from the committed records, byte for byte, and complete."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from oadbench.cli import main
+from oadbench.leaderboard import compile_leaderboards
+
+REPO = Path(__file__).resolve().parents[1]
+BOARDS = REPO / "leaderboards"
+RECORDS = BOARDS / "records"
+METHODS = {"cfa", "lemo", "padim", "patchcore"}
+TABLES = ["offline", "online_cold_start", "online_contaminated", "online_prequential",
+          *[f"few_shot_k{k}" for k in (1, 2, 4, 8)]]
+SWEEP = [f"online_contaminated_c{c}" for c in (0, 5, 20, 30)]
+
+pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="no committed records")
+
+
+def test_the_committed_leaderboards_are_what_the_committed_records_compile_to(tmp_path):
+    written = compile_leaderboards(RECORDS, tmp_path)
+    generated = {p.relative_to(tmp_path) for p in written}
+    committed = {p.relative_to(BOARDS) for p in BOARDS.rglob("*.csv")} | {Path("README.md")}
+    assert generated == committed
+    for rel in sorted(generated):
+        assert (tmp_path / rel).read_bytes() == (BOARDS / rel).read_bytes(), f"{rel} differs from its records"
+
+
+def test_every_protocol_and_dataset_has_all_four_methods_over_three_seeds():
+    expected = [(t, d) for t in TABLES for d in ("synthetic", "mtd")] + [(t, "mtd") for t in SWEEP]
+    for table, dataset in expected:
+        rows = list(csv.DictReader((BOARDS / table / f"{dataset}.csv").open()))
+        assert {r["method"] for r in rows} == METHODS, (table, dataset)
+        for r in rows:
+            assert r["seeds"] == "0 1 2" and r["image_auroc_mean"], (table, dataset, r["method"], r["category"])
+        categories = {r["category"] for r in rows} - {"mean"}
+        assert categories == ({"tile"} if dataset == "mtd" else {"capsule", "fabric", "marble", "washer"})
+
+
+def test_the_published_figures_exist_and_the_readme_shows_them(tmp_path, capsys):
+    figs = REPO / "paper_figs"
+    names = {p.stem for p in figs.glob("*.png")}
+    for dataset in ("synthetic", "mtd"):
+        for kind in ("learning_curves", "footprint"):
+            assert f"{kind}_online_cold_start_{dataset}" in names
+        for kind in ("categories", "cost_vs_accuracy"):
+            assert all(f"{kind}_{t}_{dataset}" in names for t in TABLES)
+    assert "contamination_mtd" in names and "qualitative_online_cold_start_mtd_tile" in names
+    assert {p.stem for p in figs.glob("*.pdf")} == names
+    readme = (REPO / "README.md").read_text()
+    assert "leaderboards/README.md" in readme and "paper_figs/learning_curves_online_cold_start_mtd.png" in readme
+    # the figure command regenerates the same set of figures from the committed records
+    assert main(["figs", str(RECORDS), "--out", str(tmp_path)]) == 0
+    assert {p.name for p in tmp_path.iterdir()} == {p.name for p in figs.iterdir()}
