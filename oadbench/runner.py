@@ -372,6 +372,7 @@ class Execution:
             per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
             self._panel_source = (es.images, es.labels, es.masks.numpy(), scores, maps)
             self._panel_ids = [self.prep.datas[t].samples[i].id for i in es.indices]
+            self._panel_defects = [self.prep.datas[t].samples[i].defect_type for i in es.indices]
         self._record_checkpoint(per_category, t_current, task_end)
 
     def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool) -> None:
@@ -593,13 +594,21 @@ class Execution:
         return out
 
     def _save_maps(self) -> str | None:
-        """Beside the record, ``<record>.maps.npz``: the final evaluation's first 2 anomalous and 2 normal images
-        (the same for every method of a protocol, dataset and seed), their masks and anomaly maps at 128 px, for
-        qualitative figures. Returns the file name, or None (prequential runs, or no evaluation)."""
+        """Beside the record, ``<record>.maps.npz``: 2 anomalous images of the final evaluation (the first of each
+        of its first two defect types, so that a figure does not show two shots of one defect) and its first 2
+        normal images -- the same for every method of a protocol, dataset and seed -- with their masks and anomaly
+        maps at 128 px, for qualitative figures. Returns the file name, or None (prequential runs, or no
+        evaluation)."""
         if self._panel_source is None or self.spec.evaluation.mode == "prequential":
             return None
         images, labels, masks, scores, maps = self._panel_source
-        rows = [*np.flatnonzero(labels == 1)[:2], *np.flatnonzero(labels == 0)[:2]]
+        anomalous = [int(r) for r in np.flatnonzero(labels == 1)]
+        first_of_type: dict[str, int] = {}
+        for r in anomalous:
+            first_of_type.setdefault(self._panel_defects[r], r)
+        picked = list(first_of_type.values())[:2]
+        picked += [r for r in anomalous if r not in picked][: 2 - len(picked)]
+        rows = [*sorted(picked), *np.flatnonzero(labels == 0)[:2]]
         if not rows:
             return None
         size = (MAPS_PX, MAPS_PX)

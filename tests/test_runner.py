@@ -240,6 +240,8 @@ def test_a_holdout_run_saves_a_few_maps_beside_its_record(tmp_path):
         assert data["maps"].shape == (4, 128, 128) and data["masks"].shape == (4, 128, 128)
         assert data["masks"][:2].any() and not data["masks"][2:].any()
         assert all(i.startswith("synthetic/capsule/test/") for i in data["ids"])
+        defects = [i.split("/")[3] for i in data["ids"]]
+        assert defects[0] != defects[1] and "good" not in defects[:2] and defects[2:] == ["good", "good"]
         # PaDiM's image score is the max of its full-size map; area downsampling can only lower the max
         small_max = data["maps"].astype(np.float32).max(axis=(1, 2))
         assert np.all(data["scores"] >= small_max * (1 - 1e-3)) and np.all(small_max > 0)
