@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.errors import DataError
-from oadbench.leaderboard import protocol_label
+from oadbench.leaderboard import file_contaminations, protocol_label
 from oadbench.results import FINISHED, iter_records
 
 METRIC = "image_auroc"
 
 
-def _key(r: Mapping[str, Any]) -> tuple[str, str]:
-    return protocol_label(r["config"]["protocol"]), r["config"]["dataset"]["name"]
+def _key(r: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> tuple[str, str]:
+    return protocol_label(r["config"]["protocol"], file_ratios), r["config"]["dataset"]["name"]
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -91,8 +91,9 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
     sns.set_theme(style="whitegrid", context="paper")
     written: list[Path] = []
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    file_ratios = file_contaminations()
     for r in records:
-        groups[_key(r)].append(r)
+        groups[_key(r, file_ratios)].append(r)
     methods = sorted({r["config"]["method"]["name"] for r in records})
     palette = dict(zip(methods, sns.color_palette("tab10", len(methods)), strict=True))
 
@@ -176,7 +177,7 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             written += _finish(fig, ax, out, f"footprint_{protocol}_{dataset}", f"{protocol} / {dataset}",
                                "footprint (MiB)", "observed images")
 
-    written += _qualitative(pairs, out, palette)
+    written += _qualitative(pairs, out, palette, file_ratios)
 
     # contamination sweep
     by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -208,7 +209,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
     return written
 
 
-def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette: Mapping[str, Any]) -> list[Path]:
+def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette: Mapping[str, Any],
+                 file_ratios: Mapping[str, float | None]) -> list[Path]:
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -217,7 +219,7 @@ def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette
         name = r.get("maps_file")
         if not name or not (path.parent / name).is_file():
             continue
-        key = (*_key(r), str(r["config"]["dataset"]["category"]))
+        key = (*_key(r, file_ratios), str(r["config"]["dataset"]["category"]))
         method, seed = r["config"]["method"]["name"], int(r["config"]["seed"])
         if method not in cells[key] or seed < cells[key][method][0]:
             cells[key][method] = (seed, path.parent / name)

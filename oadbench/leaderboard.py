@@ -44,26 +44,27 @@ TRAINING_PHASES = ("observe_warmup", "observe", "consolidate")  # the method's o
 MEAN_ROW = "mean"
 
 
-def _file_contamination(name: str) -> float | None:
-    """The stream contamination the protocol file ``name`` sets (None: no such file or no fixed ratio)."""
-    path = protocol_files().get(name)
-    if path is None:
-        return None
-    try:
-        return ProtocolSpec.from_dict(read_protocol_file(path), source=str(path)).stream.contamination
-    except ConfigError:
-        return None
+def file_contaminations() -> dict[str, float | None]:
+    """Protocol name -> the stream contamination its protocol file sets (None: no fixed ratio or unreadable)."""
+    ratios: dict[str, float | None] = {}
+    for name, path in protocol_files().items():
+        try:
+            ratios[name] = ProtocolSpec.from_dict(read_protocol_file(path), source=str(path)).stream.contamination
+        except ConfigError:
+            ratios[name] = None
+    return ratios
 
 
-def protocol_label(protocol: Mapping[str, Any]) -> str:
+def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> str:
     """The table a run belongs to, from its resolved protocol config: the name, ``_k<k>`` when the protocol has a
-    warm-up of k images, ``_c<percent>`` when the contamination differs from the protocol file's of that name."""
+    warm-up of k images, ``_c<percent>`` when the contamination differs from the one the protocol file of that
+    name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation)."""
     name = str(protocol["name"])
     label = name
     k = int((protocol.get("warmup") or {}).get("k") or 0)
     if k:
         label += f"_k{k}"
-    ratio, default = (protocol.get("stream") or {}).get("contamination"), _file_contamination(name)
+    ratio, default = (protocol.get("stream") or {}).get("contamination"), file_ratios.get(name)
     if ratio is not None and default is not None and not math.isclose(float(ratio), default):
         label += f"_c{100 * float(ratio):g}"
     return label
@@ -148,11 +149,12 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
     meta: dict[tuple[str, str], dict[tuple[str, str, str], list[dict[str, Any]]]] = defaultdict(
         lambda: defaultdict(list))
     owners: dict[tuple, tuple[str, Path]] = {}
+    file_ratios = file_contaminations()
     for path, record in records:
         if record.get("status") != FINISHED:
             continue
         cfg = record["config"]
-        table = (protocol_label(cfg["protocol"]), cfg["dataset"]["name"])
+        table = (protocol_label(cfg["protocol"], file_ratios), cfg["dataset"]["name"])
         cell = (cfg["method"]["name"], record["backbone"]["name"], str(cfg["dataset"]["category"]))
         seed = int(cfg["seed"])
         key = (*table, *cell, seed)
