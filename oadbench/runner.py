@@ -371,8 +371,7 @@ class Execution:
             masks = es.masks.numpy() if es.has_masks else None
             per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
             self._panel_source = (es.images, es.labels, es.masks.numpy(), scores, maps)
-            self._panel_ids = [self.prep.datas[t].samples[i].id for i in es.indices]
-            self._panel_defects = [self.prep.datas[t].samples[i].defect_type for i in es.indices]
+            self._panel_samples = [self.prep.datas[t].samples[i] for i in es.indices]
         self._record_checkpoint(per_category, t_current, task_end)
 
     def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool) -> None:
@@ -605,7 +604,7 @@ class Execution:
         anomalous = [int(r) for r in np.flatnonzero(labels == 1)]
         first_of_type: dict[str, int] = {}
         for r in anomalous:
-            first_of_type.setdefault(self._panel_defects[r], r)
+            first_of_type.setdefault(self._panel_samples[r].defect_type, r)
         picked = list(first_of_type.values())[:2]
         picked += [r for r in anomalous if r not in picked][: 2 - len(picked)]
         rows = [*sorted(picked), *np.flatnonzero(labels == 0)[:2]]
@@ -619,7 +618,7 @@ class Execution:
         small_masks = torch.nn.functional.interpolate(torch.as_tensor(masks[rows]).float().unsqueeze(1), size=size,
                                                       mode="area").squeeze(1) > 0.5
         path = self.prep.path.with_name(self.prep.path.stem + ".maps.npz")
-        write_arrays(path, ids=np.array([self._panel_ids[r] for r in rows]), labels=labels[rows].astype(np.int8),
+        write_arrays(path, ids=np.array([self._panel_samples[r].id for r in rows]), labels=labels[rows].astype(np.int8),
                      scores=np.asarray(scores)[rows].astype(np.float32),
                      images=small.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy(),
                      masks=small_masks.numpy(), maps=small_maps.numpy().astype(np.float16))
