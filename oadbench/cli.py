@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,31 +197,32 @@ def _repo_or_cwd(name: str) -> Path:
     return repo_dir(name) or Path(name)
 
 
+def _records_command(args: list[str], prog: str, out_default: Path, out_help: str,
+                     action: Callable[[Path, Path], list[Path]]) -> int:
+    """``prog [RECORDS_DIR] [--out DIR]`` (records default: the committed ``leaderboards/records``): runs
+    ``action(records, out)`` and prints the paths it wrote, one per line."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("records", nargs="?", type=Path, default=_repo_or_cwd("leaderboards") / "records",
+                        help="directory of run records (searched recursively)")
+    parser.add_argument("--out", type=Path, default=out_default, help=out_help)
+    ns = parser.parse_args(args)
+    for path in action(ns.records, ns.out):
+        print(path)
+    return 0
+
+
 def _leaderboard(args: list[str]) -> int:
     from oadbench.leaderboard import compile_leaderboards
 
-    base = _repo_or_cwd("leaderboards")
-    parser = argparse.ArgumentParser(prog="oadbench leaderboard")
-    parser.add_argument("records", nargs="?", type=Path, default=base / "records",
-                        help="directory of run records (searched recursively)")
-    parser.add_argument("--out", type=Path, default=base, help="where the CSVs and README.md go")
-    ns = parser.parse_args(args)
-    for path in compile_leaderboards(ns.records, ns.out):
-        print(path)
-    return 0
+    return _records_command(args, "oadbench leaderboard", _repo_or_cwd("leaderboards"),
+                            "where the CSVs and README.md go", compile_leaderboards)
 
 
 def _figs(args: list[str]) -> int:
     from oadbench.figures import draw_figures
 
-    parser = argparse.ArgumentParser(prog="oadbench figs")
-    parser.add_argument("records", nargs="?", type=Path, default=_repo_or_cwd("leaderboards") / "records",
-                        help="directory of run records")
-    parser.add_argument("--out", type=Path, default=_repo_or_cwd("paper_figs"))
-    ns = parser.parse_args(args)
-    for path in draw_figures(ns.records, ns.out):
-        print(path)
-    return 0
+    return _records_command(args, "oadbench figs", _repo_or_cwd("paper_figs"), "where the PDF and PNG figures go",
+                            draw_figures)
 
 
 def _data(args: list[str]) -> int:
