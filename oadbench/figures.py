@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,6 @@ METRIC = "image_auroc"
 def _key(r: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> tuple[str, str]:
     return protocol_label(r["config"]["protocol"], file_ratios), r["config"]["dataset"]["name"]
 
-
-def _mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def _save(fig: Any, out: Path, name: str) -> list[Path]:
@@ -72,6 +69,22 @@ def _seed_average(runs: list[Mapping[str, Any]], value: Any) -> dict[int, float]
         if v is not None:
             by_seed[int(r["config"]["seed"])].append(float(v))
     return {s: statistics.fmean(v) for s, v in sorted(by_seed.items()) if v}
+
+
+def _over_seeds(series: Iterable[tuple[float, list[Mapping[str, Any]], Callable[[Mapping[str, Any]], Any]]],
+                ) -> tuple[list[float], list[float], list[float]]:
+    """``(x, runs, value)`` points -> xs, means, stds over seeds of the category average of ``value(run)`` (std 0
+    with one seed); a point whose value is undefined in every run is left out."""
+    xs: list[float] = []
+    means: list[float] = []
+    stds: list[float] = []
+    for x, runs, value in series:
+        per_seed = list(_seed_average(runs, value).values())
+        if per_seed:
+            xs.append(x)
+            means.append(statistics.fmean(per_seed))
+            stds.append(statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0)
+    return xs, means, stds
 
 
 def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
@@ -107,15 +120,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(5, 3.2))
             for method, mruns in sorted(by_method.items()):
                 shared = set.intersection(*({c["observed"] for c in r["checkpoints"]} for r in mruns))
-                xs, means, stds = [], [], []
-                for x in sorted(shared):  # a checkpoint where the metric is undefined in every seed is left out
-                    per_seed = _seed_average(mruns, lambda r, x=x: next(
-                        c["metrics"].get(METRIC) for c in r["checkpoints"] if c["observed"] == x))
-                    if per_seed:
-                        m, s = _mean_std(list(per_seed.values()))
-                        xs.append(x)
-                        means.append(m)
-                        stds.append(s)
+                xs, means, stds = _over_seeds((x, mruns, lambda r, x=x: next(
+                    c["metrics"].get(METRIC) for c in r["checkpoints"] if c["observed"] == x)) for x in sorted(shared))
                 if len(xs) < 2:
                     continue
                 ax.plot(xs, means, marker="o", ms=3, label=method, color=palette[method])
@@ -193,16 +199,10 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             continue
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         for method in sorted({r["config"]["method"]["name"] for r in runs}):
-            xs, means, stds = [], [], []
-            for ratio in sorted(ratios):
-                sel = [r for r in runs if r["config"]["method"]["name"] == method
-                       and float(r["config"]["protocol"]["stream"]["contamination"]) == ratio]
-                per_seed = _seed_average(sel, lambda r: r["final"].get(METRIC))
-                if per_seed:
-                    m, s = _mean_std(list(per_seed.values()))
-                    xs.append(100 * ratio)
-                    means.append(m)
-                    stds.append(s)
+            xs, means, stds = _over_seeds(
+                (100 * ratio, [r for r in runs if r["config"]["method"]["name"] == method
+                               and float(r["config"]["protocol"]["stream"]["contamination"]) == ratio],
+                 lambda r: r["final"].get(METRIC)) for ratio in sorted(ratios))
             ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, capsize=2, label=method, color=palette[method])
         written += _finish(fig, ax, out, f"contamination_{dataset}", dataset, "final image AUROC",
                            "anomalous images in the stream (%)")
@@ -226,12 +226,17 @@ def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette
     written: list[Path] = []
     for (protocol, dataset, category), by_method in sorted(cells.items()):
         methods = sorted(by_method)
-        data = {m: np.load(by_method[m][1]) for m in methods}
+        data = {}
+        for m in methods:
+            with np.load(by_method[m][1]) as npz:  # an NpzFile decompresses an array again at every access
+                data[m] = {k: npz[k] for k in npz.files}
         ids = [i for i in data[methods[0]]["ids"] if all(i in data[m]["ids"] for m in methods)]
         if not ids:
             continue
         first = data[methods[0]]
         rows = [int(np.flatnonzero(first["ids"] == i)[0]) for i in ids]
+        maps = {m: data[m]["maps"].astype(np.float32) for m in methods}
+        scale = {m: (float(maps[m].min()), float(maps[m].max())) for m in methods}
         ncol = 2 + len(methods)
         fig, axes = plt.subplots(len(ids), ncol, figsize=(1.6 * ncol, 1.6 * len(ids)), squeeze=False)
         for r, (sample_id, row) in enumerate(zip(ids, rows, strict=True)):
@@ -239,10 +244,8 @@ def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette
             axes[r, 1].imshow(first["masks"][row], cmap="gray", vmin=0, vmax=1)
             axes[r, 0].set_ylabel(f"{'anomalous' if first['labels'][row] else 'normal'}", fontsize=7)
             for c, m in enumerate(methods):
-                d = data[m]
-                k = int(np.flatnonzero(d["ids"] == sample_id)[0])
-                maps = d["maps"].astype(np.float32)
-                axes[r, 2 + c].imshow(maps[k], cmap="jet", vmin=float(maps.min()), vmax=float(maps.max()))
+                k = int(np.flatnonzero(data[m]["ids"] == sample_id)[0])
+                axes[r, 2 + c].imshow(maps[m][k], cmap="jet", vmin=scale[m][0], vmax=scale[m][1])
         for c, title in enumerate(["image", "ground truth", *methods]):
             axes[0, c].set_title(title, fontsize=8)
         for ax in axes.flat:
