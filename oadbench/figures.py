@@ -8,8 +8,9 @@
   and ``online_cold_start`` records; cold start counts as 0 unless ``online_contaminated`` was run at 0), one
   line per method, mean ± std over seeds;
 - ``categories_<protocol>_<dataset>``: final image AUROC per category, one bar per method, std over seeds;
-- ``cost_vs_accuracy_<protocol>_<dataset>``: observe + score ms per image (median, the method's own work) vs
-  final image AUROC, one point per (method, category) run average;
+- ``cost_vs_accuracy_<protocol>_<dataset>``: observe + score ms per image (median, the method's own work; the
+  leaderboard's ``observe_ms`` and ``score_ms``, so warm-up observe for offline and few-shot runs) vs final image
+  AUROC, one point per (method, category) run average;
 - ``footprint_<protocol>_<dataset>``: the method's footprint (MiB) vs observed images, one line per method;
 - ``qualitative_<protocol>_<dataset>_<category>``: a few test images (rows) with their ground truth and each
   method's final anomaly map (columns), from the ``.maps.npz`` files the runner writes beside holdout records
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.errors import DataError
-from oadbench.leaderboard import file_contaminations, protocol_label
+from oadbench.leaderboard import file_contaminations, protocol_label, run_values
 from oadbench.results import FINISHED, iter_records
 
 METRIC = "image_auroc"
@@ -150,9 +151,8 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
         for method, mruns in sorted(by_method.items()):
             for category in sorted({r["config"]["dataset"]["category"] for r in mruns}):
                 cruns = [r for r in mruns if r["config"]["dataset"]["category"] == category]
-                cost = [(r["cost"].get("observe") or {}).get("median_ms", 0.0) or 0.0 for r in cruns]
-                cost = [c + ((r["cost"].get("score") or {}).get("median_ms") or 0.0) for c, r in zip(
-                    cost, cruns, strict=True)]
+                values = [run_values(r) for r in cruns]  # the leaderboard's observe and score ms
+                cost = [(v["observe_ms"] or 0.0) + (v["score_ms"] or 0.0) for v in values]
                 acc = [r["final"].get(METRIC) for r in cruns if r["final"].get(METRIC) is not None]
                 if acc:
                     points.append((method, statistics.fmean(cost), statistics.fmean(acc)))
