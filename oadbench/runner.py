@@ -610,13 +610,13 @@ class Execution:
         rows = [*sorted(picked), *np.flatnonzero(labels == 0)[:2]]
         if not rows:
             return None
-        size = (MAPS_PX, MAPS_PX)
-        pick = torch.as_tensor(rows)
-        small = torch.nn.functional.interpolate(images[pick].float(), size=size, mode="area")
-        small_maps = torch.nn.functional.interpolate(torch.as_tensor(maps[rows]).float().unsqueeze(1), size=size,
-                                                     mode="area").squeeze(1)
-        small_masks = torch.nn.functional.interpolate(torch.as_tensor(masks[rows]).float().unsqueeze(1), size=size,
-                                                      mode="area").squeeze(1) > 0.5
+
+        def shrink(x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, MAPS_PX, MAPS_PX), area average
+            return torch.nn.functional.interpolate(x.float(), size=(MAPS_PX, MAPS_PX), mode="area")
+
+        small = shrink(images[torch.as_tensor(rows)])
+        small_maps = shrink(torch.as_tensor(maps[rows]).unsqueeze(1)).squeeze(1)
+        small_masks = shrink(torch.as_tensor(masks[rows]).unsqueeze(1)).squeeze(1) > 0.5
         path = self.prep.path.with_name(self.prep.path.stem + ".maps.npz")
         write_arrays(path, ids=np.array([self._panel_samples[r].id for r in rows]), labels=labels[rows].astype(np.int8),
                      scores=np.asarray(scores)[rows].astype(np.float32),
