@@ -29,15 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.errors import DataError
-from oadbench.leaderboard import file_contaminations, protocol_label, run_values
+from oadbench.leaderboard import file_contaminations, run_values, table_of
 from oadbench.results import FINISHED, iter_records
 
 METRIC = "image_auroc"
-
-
-def _key(r: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> tuple[str, str]:
-    return protocol_label(r["config"]["protocol"], file_ratios), r["config"]["dataset"]["name"]
-
 
 
 def _save(fig: Any, out: Path, name: str) -> list[Path]:
@@ -107,7 +102,7 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     file_ratios = file_contaminations()
     for r in records:
-        groups[_key(r, file_ratios)].append(r)
+        groups[table_of(r, file_ratios)].append(r)
     methods = sorted({r["config"]["method"]["name"] for r in records})
     palette = dict(zip(methods, sns.color_palette("tab10", len(methods)), strict=True))
 
@@ -219,7 +214,7 @@ def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette
         name = r.get("maps_file")
         if not name or not (path.parent / name).is_file():
             continue
-        key = (*_key(r, file_ratios), str(r["config"]["dataset"]["category"]))
+        key = (*table_of(r, file_ratios), str(r["config"]["dataset"]["category"]))
         method, seed = r["config"]["method"]["name"], int(r["config"]["seed"])
         if method not in cells[key] or seed < cells[key][method][0]:
             cells[key][method] = (seed, path.parent / name)

@@ -70,6 +70,12 @@ def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float 
     return label
 
 
+def table_of(record: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> tuple[str, str]:
+    """(protocol label, dataset name): the leaderboard table, and the figures' group, a record belongs to."""
+    cfg = record["config"]
+    return protocol_label(cfg["protocol"], file_ratios), cfg["dataset"]["name"]
+
+
 def columns() -> list[str]:
     cols = ["method", "backbone", "category", "n_runs", "seeds"]
     for m in METRICS:
@@ -154,7 +160,7 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         if record.get("status") != FINISHED:
             continue
         cfg = record["config"]
-        table = (protocol_label(cfg["protocol"], file_ratios), cfg["dataset"]["name"])
+        table = table_of(record, file_ratios)
         cell = (cfg["method"]["name"], record["backbone"]["name"], str(cfg["dataset"]["category"]))
         seed = int(cfg["seed"])
         key = (*table, *cell, seed)
