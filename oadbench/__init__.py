@@ -1,10 +1,6 @@
 """oadbench: a benchmark harness for online, unsupervised anomaly detection and localization."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("oadbench")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+# the one definition of the version: pyproject.toml reads it from here (setuptools' dynamic `attr`)
+__version__ = "0.1.0"
 
 __all__ = ["__version__"]

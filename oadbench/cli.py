@@ -26,6 +26,9 @@ commands:
                                 (default: the committed leaderboards/records into leaderboards/)
   figs [RECORDS_DIR] [--out DIR] paper figures (PDF and PNG) from run records (default: into paper_figs/)
   data synthetic [--root DIR]   write the embedded synthetic dataset (MVTec layout)
+  --version                     print the version
+
+`python -m oadbench ...` is the same command.
 
 `oadbench run --help` shows the full configuration; `oadbench run --cfg job` prints the resolved one.
 """
@@ -36,6 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
+        return 0
+    if argv[0] in ("--version", "-V"):
+        from oadbench import __version__
+
+        print(f"oadbench {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
     try:

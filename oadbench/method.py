@@ -13,9 +13,8 @@ names or paths ever reach it. Contract:
 - ``footprint()`` is the number of bytes of learned state (memory bank, Gaussians, adapter weights).
 
 Methods register with ``@register_method("name")`` and declare their hyperparameters as a dataclass ``Config``
-(defaults = the published ones). Discovery imports every ``*.py`` under the methods directories (``./methods``, the
-repository's ``methods/``, and ``$OADBENCH_METHODS_PATH``) and every entry point of the group
-``oadbench.methods``.
+(defaults = the published ones). Discovery imports every ``*.py`` under the methods directories (``./methods``,
+``$OADBENCH_METHODS_PATH``, then the built-in ``methods/``) and every entry point of the group ``oadbench.methods``.
 """
 
 from __future__ import annotations
@@ -159,7 +158,8 @@ def get_method(name: str) -> type[Method]:
 
 
 def method_dirs() -> list[Path]:
-    """``./methods``, the entries of ``$OADBENCH_METHODS_PATH``, then the repository's ``methods/``."""
+    """``./methods``, the entries of ``$OADBENCH_METHODS_PATH``, then the built-in ``methods/`` (installed in the
+    package, or the source checkout's)."""
     return search_dirs("methods", "OADBENCH_METHODS_PATH")
 
 

@@ -267,7 +267,8 @@ def _optional_float(value: Any, source: str, key: str, lo: float, hi: float, hi_
 
 def protocol_dirs() -> list[Path]:
     """Directories searched for ``<name>.yaml``: ``./protocols`` (a researcher's own), the entries of
-    ``$OADBENCH_PROTOCOLS_PATH``, then the repository's ``protocols/``."""
+    ``$OADBENCH_PROTOCOLS_PATH``, then the built-in ``protocols/`` (installed in the package, or the source
+    checkout's)."""
     return search_dirs("protocols", "OADBENCH_PROTOCOLS_PATH")
 
 
