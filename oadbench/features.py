@@ -17,6 +17,7 @@ When no source works, :class:`~oadbench.errors.WeightsUnavailableError` names al
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.metadata
@@ -54,10 +55,22 @@ class BackboneInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
+    def subset(self, out_indices: Sequence[int]) -> BackboneInfo:
+        """The same backbone seen through some of its levels, in the order given."""
+        pos = [self.out_indices.index(int(i)) for i in out_indices]
+        return dataclasses.replace(self, out_indices=tuple(self.out_indices[p] for p in pos),
+                                   channels=tuple(self.channels[p] for p in pos),
+                                   strides=tuple(self.strides[p] for p in pos))
+
 
 class FrozenBackbone(nn.Module):
     """A frozen timm feature extractor. ``forward`` takes uint8 images (B,3,H,W) on any device and returns the
-    feature maps of ``out_indices`` (float32, (B,C_l,H/stride_l,W/stride_l)) on the backbone's device."""
+    feature maps of ``out_indices`` (float32, contiguous (B,C_l,H/stride_l,W/stride_l)) on the backbone's device.
+
+    On the CPU the images pass one at a time: oneDNN's multi-threaded convolutions split their work, and so the
+    order of their float sums, by batch size, so only then are an image's features a function of the image alone
+    (and of the thread count), whatever batch it comes in -- what reusing them across evaluation and stream
+    batches, and across runs (:mod:`oadbench.feature_store`), needs to be exact. On CUDA the batch goes whole."""
 
     def __init__(self, name: str = DEFAULT_BACKBONE, out_indices: Sequence[int] = (1, 2, 3),
                  weights: str = "auto", device: str | torch.device = "cpu"):
@@ -101,6 +114,12 @@ class FrozenBackbone(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self.device.type == "cpu" and images.shape[0] > 1:
+            per_image = [self._forward(images[i:i + 1]) for i in range(images.shape[0])]
+            return [torch.cat(level) for level in zip(*per_image, strict=True)]
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.normalise(images).contiguous(memory_format=torch.channels_last)
         return [f.contiguous() for f in self.model(x)]
 

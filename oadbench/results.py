@@ -42,20 +42,21 @@ def write_record(path: Path, record: Mapping[str, Any]) -> None:
     if path.parent.is_dir():
         for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer killed mid-write (one run, one writer)
             stale.unlink(missing_ok=True)
-    _atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_arrays(path: Path, **arrays: Any) -> None:
     """Atomically write compressed numpy ``arrays`` to ``path`` (``.npz``)."""
     import numpy as np
 
-    _atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
+    atomic_write(Path(path), lambda f: np.savez_compressed(f, **arrays))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """``write`` into a temp file beside ``path``, fsync, then rename over ``path``; the temp file is removed on
-    any failure. The file is made readable by others (mkstemp's 0600 would hide records from a team sharing
-    ``results_dir``)."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any], fsync: bool = True) -> None:
+    """``write`` into a temp file ``.<name>.<random>.tmp`` beside ``path``, fsync (unless ``fsync=False``: a cache
+    entry that checks its own digests needs atomicity, not durability), then rename over ``path``; the temp file
+    is removed on any failure. The file is made readable by others (mkstemp's 0600 would hide records from a team
+    sharing ``results_dir``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, 0o644)
@@ -63,7 +64,8 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
