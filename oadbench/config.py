@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from oadbench.data import dataset_names, get_dataset
+from oadbench.feature_store import FEATURE_DEFAULTS
 from oadbench.features import DEFAULT_BACKBONE
 from oadbench.method import config_defaults, get_method, method_names
 from oadbench.protocol import ProtocolSpec, protocol_files, read_protocol_file
@@ -43,6 +44,7 @@ def primary_config() -> dict[str, Any]:
         "force": False,
         "progress": True,
         "threads": None,
+        "features": dict(FEATURE_DEFAULTS),
         "wandb": {"mode": "offline", "project": "oadbench", "entity": None, "log_images": 4},
         "hydra": {
             "run": {"dir": "."},

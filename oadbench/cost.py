@@ -56,7 +56,11 @@ class CostMeter:
         start = time.perf_counter()
         yield
         self._sync()
-        self.timers.setdefault(kind, Timer()).add(time.perf_counter() - start, images)
+        self.add(kind, time.perf_counter() - start, images)
+
+    def add(self, kind: str, seconds: float, images: int) -> None:
+        """Count ``seconds`` spent on ``images`` images under ``kind`` (for work timed by the caller)."""
+        self.timers.setdefault(kind, Timer()).add(seconds, images)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

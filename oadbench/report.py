@@ -54,14 +54,17 @@ def format_record(record: Mapping[str, Any]) -> str:
     parts = [head, table(["observed", *(SHORT.get(m, m) for m in metrics), "footprint"], rows)]
     cost = record.get("cost", {})
     cost_rows = []
-    for kind in ("backbone_stream", "backbone_eval", "observe_warmup", "observe", "consolidate", "score"):
+    for kind in ("backbone_stream", "backbone_eval", "feature_store_read", "feature_store_write", "observe_warmup",
+                 "observe", "consolidate", "score"):
         t = cost.get(kind)
         if t:
             cost_rows.append([kind, _fmt(t.get("median_ms"), 2), _fmt(t.get("p95_ms"), 2), str(t.get("images")),
                               _fmt(t.get("total_s"), 2)])
     if cost_rows:
         parts.append(table(["cost", "median ms/img", "p95 ms/img", "images", "total s"], cost_rows))
-    extras = [f"throughput {_fmt(cost.get('throughput_images_per_s'), 1)} img/s",
+    extras = [f"features: {cost.get('backbone_images', '-')} extracted, {cost.get('feature_store_hits', 0)} from the "
+              "store",
+              f"throughput {_fmt(cost.get('throughput_images_per_s'), 1)} img/s",
               f"peak RSS {_fmt(cost.get('peak_rss_mb'), 0)} MiB"]
     if cost.get("cuda_peak_mb") is not None:
         extras.append(f"CUDA peak {_fmt(cost['cuda_peak_mb'], 0)} MiB")

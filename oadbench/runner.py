@@ -4,10 +4,12 @@ Flow (nothing flows backwards): config -> :func:`prepare` (protocol, method conf
 validation error happens here, before anything is written) -> :func:`execute` (backbone, method, stream loop,
 evaluations, cost meters) -> run record (atomic JSON) and W&B.
 
-Frozen backbone features are extracted once per distinct image per run: each task's evaluation split is
-extracted before its stream starts and reused at every checkpoint (and for streamed images that are also in the
-evaluation split); stream images are extracted when streamed. ``cost.backbone_images`` counts every image passed
-through the backbone, ``data.distinct_images`` the distinct ones; they are equal.
+Frozen backbone features are obtained once per distinct image per run: each task's evaluation split before its
+stream starts, reused at every checkpoint (and for streamed images that are also in the evaluation split); stream
+images when streamed. With the feature store (``features.cache``, default on; :mod:`oadbench.feature_store`) an
+image whose features another run already extracted is read instead of extracted, exactly. ``cost.backbone_images``
+counts the images passed through the backbone, ``cost.feature_store_hits`` those read from the store,
+``data.distinct_images`` the distinct ones: the first two add up to the third. The store changes nothing but cost.
 
 Records and bad input: a ConfigError / DataError / WeightsUnavailableError (bad input) never leaves a record; any
 other failure after the run started writes ``status: failed`` with the error — unless a finished record of the
@@ -37,7 +39,9 @@ from oadbench.claims import RunClaim
 from oadbench.cost import CostMeter
 from oadbench.data import CategoryData, ImageTransform, Sample, get_dataset
 from oadbench.errors import ConfigError, DataError, MethodError, WeightsUnavailableError
-from oadbench.features import DEFAULT_BACKBONE, FrozenBackbone
+from oadbench.extraction import FeatureSource
+from oadbench.feature_store import FEATURE_DEFAULTS
+from oadbench.features import DEFAULT_BACKBONE
 from oadbench.method import Batch, Method, MethodContext, build_config, get_method
 from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS, image_metrics, pixel_metrics, summarise_curve
 from oadbench.protocol import ProtocolSpec
@@ -54,14 +58,14 @@ from oadbench.results import (
 )
 from oadbench.stream import StreamPlan, TaskPlan, build_plan, plan_digest
 from oadbench.tracking import WANDB_MODES, Tracker, map_panel
-from oadbench.validate import check_int
+from oadbench.validate import check_bool, check_int, check_number
 
 log = logging.getLogger("oadbench")
 MAPS_PX = 128  # side of the anomaly maps saved beside a record
 
 INPUT_ERRORS = (ConfigError, DataError, WeightsUnavailableError)
 RUN_KEYS = ("protocol", "method", "dataset", "backbone", "image_size", "center_crop", "seed", "device",
-            "results_dir", "force", "wandb", "progress", "threads")
+            "results_dir", "force", "wandb", "progress", "threads", "features")
 
 
 @dataclass
@@ -158,6 +162,7 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     force = cfg.get("force", False)
     if not isinstance(force, bool):
         raise ConfigError("force", f"must be true or false, got {force!r}")
+    features = _features_config(cfg.get("features"))
 
     dataset_identity = {"name": loader.name, "categories": categories, "options": options}
     identity = {
@@ -186,6 +191,7 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         "wandb": wandb_cfg,
         "progress": bool(cfg.get("progress", True)),
         "threads": threads,
+        "features": features,
     }
     return Prepared(resolved, spec, method_cls, method_config, datas, plan, ImageTransform(image_size, crop),
                     device, identity, run_hash, path)
@@ -241,7 +247,6 @@ class Execution:
         self.cfg = prep.config
         self.spec = prep.spec
         self.checkpoints: list[dict[str, Any]] = []
-        self.backbone_images = 0
         self.distinct: set[tuple[int, int]] = set()
         self.observed = 0
         self.panels: list[tuple[str, np.ndarray]] = []
@@ -255,16 +260,16 @@ class Execution:
         if self.cfg["threads"]:
             torch.set_num_threads(self.cfg["threads"])
         torch.manual_seed(self.cfg["seed"])
-        levels = p.method_cls.feature_levels(p.method_config)
-        self.backbone = FrozenBackbone(self.cfg["backbone"]["name"], levels, self.cfg["backbone"]["weights"],
-                                       p.device)
-        info = self.backbone.info
+        self.meter = CostMeter(p.device)
+        self.features = FeatureSource(self.cfg["backbone"], p.method_cls.feature_levels(p.method_config),
+                                      self.cfg["features"], p.device, self.cfg["image_size"], self.cfg["center_crop"],
+                                      self.meter)
+        info = self.features.info
         context = MethodContext(
             mode=self.spec.training, device=p.device, seed=self.cfg["seed"],
             image_size=p.transform.output_size, backbone=info.name, channels=info.channels, strides=info.strides,
         )
         self.method = p.method_cls(p.method_config, context)
-        self.meter = CostMeter(p.device)
         self.eval_sets: dict[int, EvalSet] = {}
 
     # ---- data ---------------------------------------------------------------------------------------------
@@ -274,11 +279,8 @@ class Execution:
         return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
     def _extract(self, task: int, indices: Sequence[int], images: torch.Tensor, kind: str) -> list[torch.Tensor]:
-        with self.meter.measure(kind, len(indices)):
-            feats = self.backbone(images)
-        self.backbone_images += len(indices)
         self.distinct.update((task, i) for i in indices)
-        return feats
+        return self.features(images, kind)
 
     def eval_set(self, t: int) -> EvalSet:
         if t in self.eval_sets:
@@ -327,7 +329,7 @@ class Execution:
             feats = [f.index_select(0, rows.to(f.device)) for f in es.features]
         else:
             feats = self._extract(t, idx, images, "backbone_stream")
-        return Batch(self.backbone.normalise(images), tuple(feats))
+        return Batch(self.features.normalise(images), tuple(feats))
 
     # ---- evaluation ---------------------------------------------------------------------------------------
 
@@ -341,7 +343,7 @@ class Execution:
         bs = self.spec.evaluation.batch_size
         scores, maps = [], []
         for s in range(0, len(es.indices), bs):
-            batch = Batch(self.backbone.normalise(es.images[s:s + bs]), tuple(f[s:s + bs] for f in es.features))
+            batch = Batch(self.features.normalise(es.images[s:s + bs]), tuple(f[s:s + bs] for f in es.features))
             with self.meter.measure("score", len(batch)):
                 out = self.method.score(batch)
             self._check_finite(out.image, out.maps)
@@ -554,7 +556,7 @@ class Execution:
             "config": p.config,
             "identity": p.identity,
             "env": _environment(p.device),
-            "backbone": dataclasses.asdict(self.backbone.info),
+            "backbone": dataclasses.asdict(self.features.info),
             "data": {
                 "dataset": p.identity["dataset"]["name"],
                 "categories": [t.category for t in plan.tasks],
@@ -583,10 +585,11 @@ class Execution:
             "summary": summary,
             "cost": {
                 **self.meter.summary(sum(len(t.stream) for t in self.prep.plan.tasks)),
-                "backbone_images": self.backbone_images,
+                "backbone_images": self.features.extracted,
+                "feature_store_hits": self.features.hits,
                 "footprint_bytes": self.checkpoints[-1]["footprint_bytes"] if self.checkpoints else None,
                 "footprint_max_bytes": max((c["footprint_bytes"] for c in self.checkpoints), default=None),
-            } if hasattr(self, "meter") else {},
+            } if hasattr(self, "features") else {},
         }
         if self.spec.continual and self.checkpoints:
             out["forgetting"] = _forgetting(self.checkpoints, [t.category for t in self.prep.plan.tasks], names)
@@ -714,6 +717,27 @@ def _git_commit() -> str | None:
         return None
     commit = out.stdout.strip() or None
     return f"{commit}-dirty" if commit and dirty.stdout.strip() else commit
+
+
+def _features_config(value: Any) -> dict[str, Any]:
+    """``features.*`` with defaults filled in and checked (not part of a run's identity: the store changes no
+    result)."""
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError("features", f"must be a mapping, got {value!r}")
+    unknown = [k for k in value if k not in FEATURE_DEFAULTS]
+    if unknown:
+        raise ConfigError(f"features.{unknown[0]}", "unknown key", allowed=[f"features.{k}" for k in FEATURE_DEFAULTS])
+    out = {**FEATURE_DEFAULTS, **value}
+    check_bool(out["cache"], "features.cache")
+    if out["cache_dir"] is not None and (not isinstance(out["cache_dir"], str) or not out["cache_dir"]):
+        raise ConfigError("features.cache_dir", f"must be a directory path or null, got {out['cache_dir']!r}")
+    gb = check_number(out["cache_max_gb"], "features.cache_max_gb")
+    if not gb > 0:
+        raise ConfigError("features.cache_max_gb", f"must be > 0, got {gb}")
+    out["cache_max_gb"] = gb
+    return out
 
 
 def _device(name: str) -> torch.device:

@@ -45,8 +45,10 @@ def test_cold_start_run_writes_a_complete_record_and_a_wandb_run(tmp_path):
     assert cost["observe"]["images"] == n and cost["observe"]["median_ms"] > 0
     assert cost["score"]["images"] == len(spec.checkpoints(n)) * on_disk["data"]["eval"]
     assert cost["peak_rss_mb"] > 0 and cost["footprint_bytes"] > 0
-    # frozen features are extracted once per distinct image, though the eval split is scored at every checkpoint
-    assert cost["backbone_images"] == on_disk["data"]["distinct_images"] == n + on_disk["data"]["eval"]
+    # frozen features are obtained once per distinct image (extracted, or read from the feature store), though
+    # the eval split is scored at every checkpoint
+    assert cost["backbone_images"] + cost["feature_store_hits"] == on_disk["data"]["distinct_images"]
+    assert on_disk["data"]["distinct_images"] == n + on_disk["data"]["eval"]
     assert on_disk["backbone"]["weights"] == "bundled"
     assert on_disk["config"]["dataset"]["name"] == "synthetic"
     wandb_dir = Path(on_disk["tracking"]["wandb_dir"])
@@ -89,7 +91,8 @@ def test_every_protocol_runs(tmp_path, protocol, extra):
     record = run(small_run(tmp_path, f"protocol={protocol}", *extra))
     assert record["status"] == "finished"
     assert record["checkpoints"] and all(np.isfinite(record["final"][m]) for m in METRICS)
-    assert record["cost"]["backbone_images"] == record["data"]["distinct_images"]
+    cost = record["cost"]
+    assert cost["backbone_images"] + cost["feature_store_hits"] == record["data"]["distinct_images"]
     if protocol == "online_prequential":
         assert record["data"]["eval"] == 0 and record["data"]["stream_anomalous"] > 0
         assert record["cost"]["score"]["images"] == record["data"]["stream"]

@@ -78,7 +78,8 @@ OVERRIDE_KEYS = ["seed", "image_size", "threads", "force", "device", "progress",
                  "wandb.log_images", "backbone.weights", "protocol.training", "protocol.stream.contamination",
                  "protocol.stream.batch_size", "protocol.stream.order", "protocol.stream.max_length",
                  "protocol.warmup.k", "protocol.evaluation.checkpoints", "protocol.evaluation.batch_size",
-                 "protocol.metrics", "method.n_features", "method.sigma", "dataset.category"]
+                 "protocol.metrics", "method.n_features", "method.sigma", "dataset.category", "features.cache",
+                 "features.cache_max_gb", "features.cache_dir"]
 values = st.one_of(
     st.just("null"), st.sampled_from(["true", "false"]), st.integers(-10**6, 10**6).map(str),
     st.floats(-1e3, 1e3, allow_nan=False).map(lambda f: f"{f:.3f}"),
