@@ -67,11 +67,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oadbench.components import CoordConv2d, concat_levels, kmeans, nearest_neighbours, upsample_maps
+from oadbench.components import (
+    FEATURE_SCALES,
+    CoordConv2d,
+    concat_levels,
+    divides_by_channels,
+    kmeans,
+    nearest_neighbours,
+    scale_levels,
+    upsample_maps,
+)
 from oadbench.errors import ConfigError
 from oadbench.method import Batch, Method, MethodContext, Scores, register_method, tensor_bytes
-
-FEATURE_SCALES = ("auto", "channels", "none")
 
 
 def smallest_sq_distances(z: torch.Tensor, bank: torch.Tensor, n: int) -> torch.Tensor:
@@ -144,10 +151,7 @@ class CFA(Method):
         self.dim = self.in_channels // config.gamma_d
         if self.dim < 1:
             raise ConfigError("method.gamma_d", f"{config.gamma_d} leaves no descriptor channel of {self.in_channels}")
-        scale = config.feature_scale
-        if scale == "auto":
-            scale = "channels" if "efficientnet" in context.backbone.lower() else "none"
-        self.divide_by_channels = scale == "channels"
+        self.divide_by_channels = divides_by_channels(config.feature_scale, context.backbone)
         self._init_model()
         self.bank: torch.Tensor | None = None  # (M, D') float32, never trained by the optimiser
         self.absorbed = 0  # online: images absorbed into the bank
@@ -171,9 +175,7 @@ class CFA(Method):
 
     def embed(self, features: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> torch.Tensor:
         """Descriptors (B, D', h, w) of backbone levels (with grad if enabled)."""
-        levels = [f.to(self.device, torch.float32) for f in features]
-        if self.divide_by_channels:
-            levels = [f / f.shape[1] for f in levels]
+        levels = scale_levels([f.to(self.device) for f in features], self.divide_by_channels)
         x = concat_levels(levels, mode="bilinear", pool=3)
         return self.descriptor(x)
 

@@ -11,6 +11,7 @@ names or paths ever reach it. Contract:
   deferred training work of offline forms (a coreset, epochs over stored features) happens here, timed as
   training cost.
 - ``footprint()`` is the number of bytes of learned state (memory bank, Gaussians, adapter weights).
+- ``diagnostics()`` (optional) names numbers about the method's state, recorded at every checkpoint.
 
 Methods register with ``@register_method("name")`` and declare their hyperparameters as a dataclass ``Config``
 (defaults = the published ones). Discovery imports every ``*.py`` under the methods directories (``./methods``,
@@ -106,6 +107,11 @@ class Method(abc.ABC):
 
     def consolidate(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Deferred training work before an evaluation; no-op for purely online methods."""
+
+    def diagnostics(self) -> dict[str, float]:
+        """Optional: named numbers about the method's state (a loss, a memory's usage), recorded at every
+        checkpoint of the run record and logged to W&B. Must not change state. Default: none."""
+        return {}
 
 
 def tensor_bytes(*items: torch.Tensor | torch.nn.Module | None) -> int:

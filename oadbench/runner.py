@@ -367,16 +367,19 @@ class Execution:
         with self.meter.measure("consolidate", 0):
             self.method.consolidate()
         per_category: dict[str, dict[str, float]] = {}
+        normal_maps: list[np.ndarray] = []
         for t in range(t_current + 1):
             es = self.eval_set(t)
             scores, maps = self.score_eval(t)
             masks = es.masks.numpy() if es.has_masks else None
             per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
+            normal_maps.append(maps[es.labels == 0])
             self._panel_source = (es.images, es.labels, es.masks.numpy(), scores, maps)
             self._panel_samples = [self.prep.datas[t].samples[i] for i in es.indices]
-        self._record_checkpoint(per_category, t_current, task_end)
+        self._record_checkpoint(per_category, t_current, task_end, normal_peaks(np.concatenate(normal_maps)))
 
-    def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool) -> None:
+    def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool,
+                           peaks: dict[str, float] | None = None) -> None:
         names = self.spec.metrics
         if len(per_category) == 1:
             metrics = next(iter(per_category.values()))
@@ -384,11 +387,17 @@ class Execution:
             metrics = {m: _nanmean([v[m] for v in per_category.values()]) for m in names}
         entry: dict[str, Any] = {"observed": self.observed, "task": self.prep.plan.tasks[t].category,
                                  "metrics": metrics, "footprint_bytes": int(self.method.footprint())}
+        diagnostics = {k: float(v) for k, v in self.method.diagnostics().items()}
+        if diagnostics:
+            entry["diagnostics"] = diagnostics
+        if peaks is not None:
+            entry["normal_peaks"] = peaks
         if self.spec.continual:
             entry["per_category"] = per_category
             entry["task_end"] = task_end
         self.checkpoints.append(entry)
         self.tracker.log({**{f"eval/{k}": v for k, v in metrics.items()},
+                          **{f"diag/{k}": v for k, v in diagnostics.items()},
                           "footprint_bytes": entry["footprint_bytes"], "observed": self.observed},
                          step=self.observed)
         if self.bar is not None:
@@ -647,6 +656,20 @@ def execute(prep: Prepared) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------------------
 # helpers
+
+
+def normal_peaks(maps: np.ndarray) -> dict[str, float] | None:
+    """Where normal images score highest: the share of the normal evaluation images (maps (N,H,W)) whose map
+    maximum lies within ``border_px`` = max(1, H // 16) of the image's edge (a band that covers 23 % of the
+    image), or None without normal images. Far above 0.23, the border is what makes normal images look
+    anomalous (zero padding, vignetting)."""
+    if len(maps) == 0:
+        return None
+    n, h, w = maps.shape
+    band = max(1, h // 16)
+    rows, cols = np.unravel_index(maps.reshape(n, -1).argmax(1), (h, w))
+    border = (rows < band) | (cols < band) | (rows >= h - band) | (cols >= w - band)
+    return {"border_share": float(border.mean()), "border_px": float(band)}
 
 
 def _forgetting(checkpoints: list[dict[str, Any]], categories: list[str], names: Sequence[str]) -> dict[str, Any]:
