@@ -25,6 +25,9 @@ commands:
                                 compile run records into leaderboards/<protocol>/<dataset>.csv and README.md
                                 (default: the committed leaderboards/records into leaderboards/)
   figs [RECORDS_DIR] [--out DIR] paper figures (PDF and PNG) from run records (default: into paper_figs/)
+  ablation [RECORDS_DIR] [--spec FILE] [--baselines DIR] [--out DIR]
+                                an ablation's tables and figures from its records and spec (default: the
+                                committed leaderboards/lemo_ablation)
   data synthetic [--root DIR]   write the embedded synthetic dataset (MVTec layout)
   --version                     print the version
 
@@ -57,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _leaderboard(rest)
         if command == "figs":
             return _figs(rest)
+        if command == "ablation":
+            return _ablation(rest)
     except OadbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -231,6 +236,23 @@ def _figs(args: list[str]) -> int:
 
     return _records_command(args, "oadbench figs", _repo_or_cwd("paper_figs"), "where the PDF and PNG figures go",
                             draw_figures)
+
+
+def _ablation(args: list[str]) -> int:
+    from oadbench.ablation import compile_ablation
+
+    folder = _repo_or_cwd("leaderboards") / "lemo_ablation"
+    parser = argparse.ArgumentParser(prog="oadbench ablation")
+    parser.add_argument("records", nargs="?", type=Path, default=folder / "records",
+                        help="directory of the ablation's run records (searched recursively)")
+    parser.add_argument("--spec", type=Path, default=folder / "variants.yaml", help="the ablation spec (YAML)")
+    parser.add_argument("--baselines", type=Path, default=folder / "baselines",
+                        help="records of the other methods, for the baselines table")
+    parser.add_argument("--out", type=Path, default=folder, help="where the CSVs, README.md and figures go")
+    ns = parser.parse_args(args)
+    for path in compile_ablation(ns.records, ns.spec, ns.out, ns.baselines):
+        print(path)
+    return 0
 
 
 def _data(args: list[str]) -> int:

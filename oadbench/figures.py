@@ -12,6 +12,9 @@
   leaderboard's ``observe_ms`` and ``score_ms``, so warm-up observe for offline and few-shot runs) vs final image
   AUROC, one point per (method, category) run average;
 - ``footprint_<protocol>_<dataset>``: the method's footprint (MiB) vs observed images, one line per method;
+- ``diagnostics_<protocol>_<dataset>``: each method's diagnostics (``Method.diagnostics``, recorded at every
+  checkpoint) and where normal test images peak (share at the image border) vs observed images, one panel per
+  quantity, one line per method (mean over the runs at each checkpoint); drawn when records have diagnostics;
 - ``qualitative_<protocol>_<dataset>_<category>``: a few test images (rows) with their ground truth and each
   method's final anomaly map (columns), from the ``.maps.npz`` files the runner writes beside holdout records
   (lowest seed; each method's maps share one colour scale, min to max over the images shown).
@@ -178,6 +181,10 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             written += _finish(fig, ax, out, f"footprint_{protocol}_{dataset}", f"{protocol} / {dataset}",
                                "footprint (MiB)", "observed images")
 
+        if any(c.get("diagnostics") for r in runs for c in r["checkpoints"]):
+            written += _diagnostics(by_method, out, palette, f"diagnostics_{protocol}_{dataset}",
+                                    f"{protocol} / {dataset}")
+
     written += _qualitative(pairs, out, palette, file_ratios)
 
     # contamination sweep
@@ -202,6 +209,48 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
         written += _finish(fig, ax, out, f"contamination_{dataset}", dataset, "final image AUROC",
                            "anomalous images in the stream (%)")
     return written
+
+
+BORDER = "normal peaks at the border"
+
+
+def diagnostic_curves(runs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[int], list[float]]]:
+    """Quantity -> (observed, mean over ``runs`` at each checkpoint) of the runs' checkpoint diagnostics and of
+    the share of normal images peaking at the border (:data:`BORDER`)."""
+    values: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        for c in r["checkpoints"]:
+            for k, v in (c.get("diagnostics") or {}).items():
+                if v is not None:
+                    values[k][int(c["observed"])].append(float(v))
+            border = (c.get("normal_peaks") or {}).get("border_share")
+            if border is not None:
+                values[BORDER][int(c["observed"])].append(float(border))
+    return {k: (sorted(v), [statistics.fmean(v[x]) for x in sorted(v)]) for k, v in sorted(values.items())}
+
+
+def _diagnostics(groups: Mapping[str, list[Mapping[str, Any]]], out: Path, palette: Mapping[str, Any], name: str,
+                 title: str) -> list[Path]:
+    """One panel per diagnostic quantity, one line per group (a method, or an ablation variant)."""
+    import matplotlib.pyplot as plt
+
+    curves = {g: diagnostic_curves(runs) for g, runs in sorted(groups.items())}
+    keys = sorted({k for c in curves.values() for k in c})
+    ncol = min(4, len(keys))
+    nrow = -(-len(keys) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 2.4 * nrow), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for g, c in curves.items():
+            if key in c:
+                ax.plot(*c[key], marker="o", ms=2, label=g, color=palette[g])
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle(f"{title}: diagnostics vs observed images", fontsize=9)
+    return _save(fig, out, name)
 
 
 def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette: Mapping[str, Any],

@@ -45,3 +45,25 @@ def test_figs_writes_every_figure(tmp_path, capsys):
     assert (out / "learning_curves_online_cold_start_synthetic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "contamination_synthetic.pdf").read_bytes()[:4] == b"%PDF"
     assert len(capsys.readouterr().out.splitlines()) == len(names)
+
+
+def test_figs_draws_diagnostics_over_the_stream_when_records_have_them(tmp_path):
+    root = tmp_path / "records"
+    for method in ("lemo", "padim"):
+        for seed in (0, 1):
+            rec = make_record(method, "capsule", seed, {m: 0.8 for m in METRICS}, run_id=f"{method}-{seed}")
+            rec["config"]["protocol"].update(training="online", stream={"contamination": 0.0})
+            rec["checkpoints"] = [{"observed": n, "metrics": {m: 0.8 for m in METRICS}, "footprint_bytes": 10,
+                                   "normal_peaks": {"border_share": 0.2 + 0.01 * n},
+                                   **({"diagnostics": {"loss": 1.0 / (n + 1), "feature_rank": 5.0 + n}}
+                                      if method == "lemo" else {})} for n in (0, 1, 10)]
+            write_record(root / method / f"{seed}.json", rec)
+    out = tmp_path / "figs"
+    assert main(["figs", str(root), "--out", str(out)]) == 0
+    assert (out / "diagnostics_online_cold_start_synthetic.png").stat().st_size > 1000
+    from oadbench.figures import BORDER, diagnostic_curves
+
+    curves = diagnostic_curves([make_record("lemo", "c", 0, {}) | {"checkpoints": [
+        {"observed": 0, "diagnostics": {"loss": 2.0}}, {"observed": 5, "diagnostics": {"loss": 1.0},
+                                                         "normal_peaks": {"border_share": 0.5}}]}])
+    assert curves == {"loss": ([0, 5], [2.0, 1.0]), BORDER: ([5], [0.5])}
