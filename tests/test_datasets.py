@@ -21,6 +21,7 @@ from oadbench.errors import ConfigError, DataError
 SIZE = (24, 20)  # (width, height) of the fixture images
 BOX = (4, 6, 12, 14)  # (left, top, right, bottom), right/bottom exclusive: where fixture masks are anomalous
 MTD_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mtd"
+MVTEC_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec"
 
 
 # fixture writers ------------------------------------------------------------------------------------------------
@@ -398,6 +399,23 @@ def test_mtd_real_data() -> None:
     for s in picks:
         image, mask = ImageTransform(size=32).load(s)
         assert image.shape == (3, 32, 32) and mask.shape == (32, 32)
+        assert mask.any() == (s.label == ANOMALOUS)
+
+
+@pytest.mark.skipif(not (MVTEC_DATA / "transistor").is_dir(),
+                    reason=f"real MVTec AD transistor not found at {MVTEC_DATA}")
+def test_mvtec_transistor_real_data() -> None:
+    loader = get_dataset("mvtec")
+    assert "transistor" in loader.categories(MVTEC_DATA)
+    data = loader.load(MVTEC_DATA, "transistor")
+    check_invariants(data)
+    assert len(data.train) == 213 and len(data.test) == 100
+    assert data.defect_types == ["bent_lead", "cut_lead", "damaged_case", "misplaced"]
+    anomalous = [s for s in data.test if s.label == ANOMALOUS]
+    assert len(anomalous) == 40 and all(s.mask_path is not None and s.mask_path.is_file() for s in anomalous)
+    for s in [data.train[0], *(next(a for a in anomalous if a.defect_type == d) for d in data.defect_types)]:
+        image, mask = ImageTransform(size=64).load(s)
+        assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
         assert mask.any() == (s.label == ANOMALOUS)
 
 
