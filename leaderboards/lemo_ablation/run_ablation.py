@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+RELATIVE = Path("leaderboards") / "lemo_ablation"  # records name their results_dir relative to the repository
 
 
 def overrides(config: dict) -> list[str]:
@@ -62,7 +63,7 @@ def jobs(spec: dict, stage: str, names: list[str] | None, methods: list[str]) ->
         for data in groups(spec):
             for method in methods:
                 out.append([*common, *data, f"method={method}", f"seed={','.join(map(str, final['seeds']))}",
-                            "protocol.evaluation.checkpoints=[]", f"results_dir={HERE / 'baselines'}"])
+                            "protocol.evaluation.checkpoints=[]", f"results_dir={RELATIVE / 'baselines'}"])
         return out
     st = spec["stages"][stage]
     schedule = [] if st["checkpoints"] is None else [
@@ -73,7 +74,7 @@ def jobs(spec: dict, stage: str, names: list[str] | None, methods: list[str]) ->
         config = {**spec["reference"], **spec["variants"][name]}
         for data in groups(spec):
             out.append([*common, *data, f"method={spec['method']}", *overrides(config),
-                        f"seed={','.join(map(str, st['seeds']))}", *schedule, f"results_dir={HERE / 'records'}"])
+                        f"seed={','.join(map(str, st['seeds']))}", *schedule, f"results_dir={RELATIVE / 'records'}"])
     return out
 
 
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--methods", default="cfa,padim,patchcore", help="baselines: the methods")
     parser.add_argument("--lanes", type=int, default=2)
     args = parser.parse_args()
+    if Path.cwd().resolve() != HERE.parents[1]:
+        raise SystemExit("run from the repository root (dataset roots and results_dir are relative to it)")
     spec = yaml.safe_load((HERE / "variants.yaml").read_text())
     names = args.variants.split(",") if args.variants else None
     work: queue.Queue = queue.Queue()
