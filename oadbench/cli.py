@@ -29,6 +29,8 @@ commands:
                                 an ablation's tables and figures from its records and spec (default: the
                                 committed leaderboards/lemo_ablation)
   data synthetic [--root DIR]   write the embedded synthetic dataset (MVTec layout)
+  data export --out DIR dataset=NAME [dataset.KEY=VALUE ...]
+                                write one category of a dataset as Hub-layout Parquet (read it with dataset=hf)
   --version                     print the version
 
 `python -m oadbench ...` is the same command.
@@ -260,12 +262,45 @@ def _data(args: list[str]) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     syn = sub.add_parser("synthetic", help="write the embedded synthetic dataset in MVTec AD layout")
     syn.add_argument("--root", type=Path, default=None, help="target directory (default: the cache)")
+    exp = sub.add_parser("export", help="write one category of a dataset as Hub-layout Parquet (TheoM55/"
+                         "mvtec_all_objects_split schema): DIR/data/<category>.<train|test>-00000-of-00001.parquet")
+    exp.add_argument("--out", type=Path, required=True, help="target directory (categories accumulate in it)")
+    exp.add_argument("overrides", nargs="*", metavar="dataset.KEY=VALUE",
+                     help="dataset=NAME and its dataset.* settings, as for `oadbench run`")
     ns = parser.parse_args(args)
     if ns.action == "synthetic":
         from oadbench.data.synthetic import write_synthetic
 
         path = write_synthetic(ns.root) if ns.root is not None else write_synthetic()
         print(path)
+    elif ns.action == "export":
+        from hydra import compose, initialize
+        from hydra.errors import HydraException
+        from omegaconf import OmegaConf
+
+        from oadbench.config import DEFAULT_DATASET, PRIMARY, register_configs
+        from oadbench.data import get_dataset
+        from oadbench.data.hf import export_dataset
+
+        overrides, _ = _group_choices(ns.overrides)
+        values = dict(arg.partition("=")[::2] for arg in overrides)
+        known = get_dataset(values.get("dataset", DEFAULT_DATASET)).config_defaults()
+        for arg in overrides:
+            key = arg.partition("=")[0].lstrip("+~")
+            if key != "dataset" and not key.startswith("dataset."):
+                raise ConfigError(key, "export takes only dataset=NAME and dataset.KEY=VALUE settings")
+            if key.startswith("dataset.") and key.split(".")[1] not in known:
+                raise ConfigError(key, f"unknown option of dataset '{known['name']}'",
+                                  allowed=[f"dataset.{k}" for k in known if k != "name"])
+        register_configs()
+        try:
+            with initialize(version_base="1.3", config_path=None):
+                cfg = compose(config_name=PRIMARY, overrides=overrides)
+        except HydraException as exc:
+            raise ConfigError("dataset", str(exc).splitlines()[0]) from None
+        dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+        for path in export_dataset(dataset, ns.out):
+            print(path)
     return 0
 
 

@@ -25,6 +25,10 @@ class DataError(OadbenchError):
     """A dataset is missing, has the wrong layout, or holds an unreadable or inconsistent file."""
 
 
+class DatasetUnavailableError(DataError):
+    """A remote dataset (a Hugging Face Hub repository) cannot be reached, does not exist or is gated."""
+
+
 class WeightsUnavailableError(OadbenchError):
     """No source of pretrained backbone weights could be used."""
 

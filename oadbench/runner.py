@@ -111,6 +111,14 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
             raise ConfigError(f"dataset.{key}", f"unknown option of dataset '{loader.name}'",
                               allowed=["dataset.root", "dataset.category", *[f"dataset.{k}" for k in loader.options]])
     root = dcfg.get("root")
+    if loader.root_option is not None:  # e.g. hf: dataset.path, an option (so it is part of the run's identity)
+        if root is not None:
+            raise ConfigError("dataset.root", f"is not used by dataset '{loader.name}'; give "
+                              f"dataset.{loader.root_option}")
+        root = options.get(loader.root_option)
+        if root is None:
+            raise ConfigError(f"dataset.{loader.root_option}", f"is required for dataset '{loader.name}'; "
+                              f"expected:\n{loader.layout.rstrip()}")
     if root is None:
         root = loader.default_root()
         if root is None:
@@ -122,7 +130,7 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     elif dcfg.get("category") is not None:
         categories = [str(dcfg["category"])]
     else:
-        available = loader.categories(root)
+        available = loader.categories(root, **options) if loader.root_option else loader.categories(root)
         if not available:
             raise DataError(f"dataset '{loader.name}' at {root}: no category found; expected layout:\n"
                             f"{loader.layout.rstrip()}")

@@ -24,6 +24,10 @@ class DatasetLoader(abc.ABC):
     description: ClassVar[str]
     layout: ClassVar[str]  # the expected directory layout, shown in errors
     options: ClassVar[dict[str, Any]] = {}  # extra config keys and their defaults
+    # the option that names where the data is, for a loader that takes it instead of ``root`` (hf: ``path``, a
+    # Hub repository or a directory); the runner then passes that option's value as ``root``, and the options to
+    # ``categories`` as well
+    root_option: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def categories(self, root: Path) -> list[str]:

@@ -84,10 +84,15 @@ class ImageTransform:
         return torch.from_numpy(np.asarray(out) > 127)
 
     def load(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-        """The transformed (image uint8 (3,H,W), mask bool (H,W)) of a sample; all-False mask if it has none."""
-        img = read_image(sample.image_path)
-        if sample.mask_path is None:
+        """The transformed (image uint8 (3,H,W), mask bool (H,W)) of a sample; all-False mask if it has none.
+        Files are read from ``image_path`` / ``mask_path``; a sample with a ``reader`` is decoded by it."""
+        if sample.reader is not None:
+            img, mask = sample.reader.read()
+        else:
+            img = read_image(sample.image_path)
+            mask = None if sample.mask_path is None else read_mask(
+                sample.mask_path, sample.mask_threshold, expected_size=img.size)
+        if mask is None:
             n = self.output_size
             return self.image(img), torch.zeros((n, n), dtype=torch.bool)
-        mask = read_mask(sample.mask_path, sample.mask_threshold, expected_size=img.size)
         return self.image(img), self.mask(mask)

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 NORMAL = 0
 ANOMALOUS = 1
 GOOD = "good"
 
 
+class SampleReader(Protocol):
+    """Reads a sample that is not a file on disk (e.g. a row of a Parquet/Arrow dataset), when asked to."""
+
+    def read(self) -> tuple[Image.Image, Image.Image | None]:
+        """The RGB image and its binary 'L' mask (255 = anomalous), or None for an all-normal mask."""
+        ...
+
+
 @dataclass(frozen=True)
 class Sample:
-    """One image on disk.
+    """One image: a file on disk, or a row of a stored dataset (see ``reader``).
 
     ``label`` is 0 (normal) or 1 (anomalous); ``mask_path`` is None for normal images (all-zero mask) and for
     anomalous images of datasets without pixel annotations. A mask pixel counts as anomalous when its grey value
     is greater than ``mask_threshold`` (0 for 0/255 masks and VisA's small class values, 127 for MTD's soft masks).
     ``id`` is stable across machines: ``<dataset>/<category>/<split>/<defect_type>/<file stem>``.
+    ``reader`` is None for files on disk; otherwise it decodes the image and mask on demand, and ``image_path``
+    and ``mask_path`` are the paths stored with the data (not files of this machine; ``mask_path`` still says
+    whether an anomalous sample has a pixel annotation).
     """
 
     id: str
@@ -28,6 +43,7 @@ class Sample:
     split: str
     mask_path: Path | None = None
     mask_threshold: int = 0
+    reader: SampleReader | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_anomalous(self) -> bool:
