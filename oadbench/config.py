@@ -65,7 +65,9 @@ def register_configs(extra_protocols: dict[str, dict[str, Any]] | None = None) -
     protocols.update(extra_protocols or {})
     for name, node in protocols.items():
         source = f"protocol '{name}'"
-        cs.store(group="protocol", name=name, node=ProtocolSpec.from_dict(node, source=source).to_dict())
+        # every protocol node has a drift list (empty: none), so that protocol.drift= can be overridden anywhere
+        cs.store(group="protocol", name=name,
+                 node={"drift": [], **ProtocolSpec.from_dict(node, source=source).to_dict()})
     for name in method_names():
         cs.store(group="method", name=name, node={"name": name, **config_defaults(get_method(name))})
     for name in dataset_names():

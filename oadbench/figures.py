@@ -12,6 +12,9 @@
   leaderboard's ``observe_ms`` and ``score_ms``, so warm-up observe for offline and few-shot runs) vs final image
   AUROC, one point per (method, category) run average;
 - ``footprint_<protocol>_<dataset>``: the method's footprint (MiB) vs observed images, one line per method;
+- ``drift_<protocol>_<dataset>``: for drift protocols, image AUROC vs observed images in the current drift state
+  (solid) and in the initial state (dashed), one colour per method, mean over seeds of the category average, the
+  stretch of the stream where the drift changes shaded;
 - ``diagnostics_<protocol>_<dataset>``: each method's diagnostics (``Method.diagnostics``, recorded at every
   checkpoint) and where normal test images peak (share at the image border) vs observed images, one panel per
   quantity, one line per method (mean over the runs at each checkpoint); drawn when records have diagnostics;
@@ -181,6 +184,10 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             written += _finish(fig, ax, out, f"footprint_{protocol}_{dataset}", f"{protocol} / {dataset}",
                                "footprint (MiB)", "observed images")
 
+        if any("metrics_initial" in c for r in runs for c in r["checkpoints"]) and any(
+                len(r["checkpoints"]) > 1 for r in runs):
+            written += _drift(by_method, out, palette, f"drift_{protocol}_{dataset}", f"{protocol} / {dataset}")
+
         if any(c.get("diagnostics") for r in runs for c in r["checkpoints"]):
             written += _diagnostics(by_method, out, palette, f"diagnostics_{protocol}_{dataset}",
                                     f"{protocol} / {dataset}")
@@ -209,6 +216,41 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
         written += _finish(fig, ax, out, f"contamination_{dataset}", dataset, "final image AUROC",
                            "anomalous images in the stream (%)")
     return written
+
+
+def _drift(groups: Mapping[str, list[Mapping[str, Any]]], out: Path, palette: Mapping[str, Any], name: str,
+           title: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from oadbench.protocol import ProtocolSpec
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    spans: set[tuple[float, float]] = set()
+    for method, runs in sorted(groups.items()):
+        shared = set.intersection(*({c["observed"] for c in r["checkpoints"]} for r in runs))
+        for key, style in (("metrics", "-"), ("metrics_initial", "--")):
+            xs, means, _ = _over_seeds((x, runs, lambda r, x=x, key=key: next(
+                (c.get(key) or {}).get(METRIC) for c in r["checkpoints"] if c["observed"] == x))
+                for x in sorted(shared))
+            ax.plot(xs, means, style, marker="o", ms=2, color=palette[method],
+                    label=f"{method} ({'current' if key == 'metrics' else 'initial'} state)")
+        for r in runs:
+            total = int(r["data"]["stream"]) + int(r["data"]["warmup"])
+            for comp in ProtocolSpec.from_dict(r["config"]["protocol"]).drift.components:
+                if comp.schedule == "gradual":
+                    spans.add((comp.start * total, comp.end * total))
+                elif comp.schedule == "abrupt":
+                    spans.add((comp.at * total, comp.at * total))
+                else:
+                    spans.add((0.0, float(total)))
+    for lo, hi in sorted(spans):
+        if hi > lo:
+            ax.axvspan(lo, hi, color="grey", alpha=0.15, lw=0)
+        else:
+            ax.axvline(lo, color="grey", alpha=0.5, lw=1)
+    ax.set_xscale("symlog", linthresh=1)
+    return _finish(fig, ax, out, name, f"{title}: current (solid) and initial (dashed) state", "image AUROC",
+                   "observed images")
 
 
 BORDER = "normal peaks at the border"

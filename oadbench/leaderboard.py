@@ -17,6 +17,12 @@ footprint (MiB), each a mean over runs. Also the number of runs, the seeds, the 
 oadbench version(s) that produced them. Floats are written with 4 decimals, rows and columns in a fixed order,
 so a diff of two compilations shows only real changes.
 
+Drift protocols (records with ``final_initial``) get three more column groups: every metric in the initial drift
+state (``<metric>_initial_mean`` / ``_std``) and ``drop_<metric>``: the same run without drift (the record whose
+identity differs only in the protocol's name, description and drift: ``online_cold_start`` for ``online_drift``,
+``offline`` for ``offline_drift``) minus the drifted final, mean over the seeds that have both; empty without that
+record.
+
 Two finished records for the same (protocol, dataset, method, backbone, category, seed) with different run
 identities (say, two hyperparameter settings) are an error naming both files: a leaderboard cell is one
 configuration.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import statistics
 from collections import defaultdict
@@ -76,14 +83,27 @@ def table_of(record: Mapping[str, Any], file_ratios: Mapping[str, float | None])
     return protocol_label(cfg["protocol"], file_ratios), cfg["dataset"]["name"]
 
 
-def columns() -> list[str]:
+def columns(drift: bool = False) -> list[str]:
     cols = ["method", "backbone", "category", "n_runs", "seeds"]
     for m in METRICS:
         cols += [f"{m}_mean", f"{m}_std"]
+    if drift:
+        for m in METRICS:
+            cols += [f"{m}_initial_mean", f"{m}_initial_std"]
+        cols += [f"drop_{m}" for m in METRICS]
     for s in SUMMARIES:
         cols += [f"{s}_{m}" for m in METRICS]
     cols += list(COSTS) + ["image_size", "oadbench_version"]
     return cols
+
+
+def undrifted_key(record: Mapping[str, Any]) -> str:
+    """A run's identity without the protocol's name, description and drift: equal for a drift run and the same
+    run without drift."""
+    identity = dict(record.get("identity") or {})
+    identity["protocol"] = {k: v for k, v in (identity.get("protocol") or {}).items()
+                            if k not in ("name", "description", "drift")}
+    return json.dumps(identity, sort_keys=True, default=str)
 
 
 def run_values(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -105,6 +125,10 @@ def run_values(record: Mapping[str, Any]) -> dict[str, Any]:
     values["peak_rss_mb"] = cost.get("peak_rss_mb")
     footprint = cost.get("footprint_bytes")
     values["footprint_mb"] = None if footprint is None else footprint / 2**20
+    initial = record.get("final_initial")
+    if initial is not None:
+        for m in METRICS:
+            values[f"{m}_initial"] = initial.get(m)
     return values
 
 
@@ -141,6 +165,10 @@ def _cell_row(method: str, backbone: str, category: str, runs: Mapping[int, Mapp
     for m in METRICS:
         row[f"{m}_mean"] = _mean(runs[s][m] for s in seeds)
         row[f"{m}_std"] = _std(runs[s][m] for s in seeds)
+        if any(f"{m}_initial" in runs[s] for s in seeds):
+            row[f"{m}_initial_mean"] = _mean(runs[s].get(f"{m}_initial") for s in seeds)
+            row[f"{m}_initial_std"] = _std(runs[s].get(f"{m}_initial") for s in seeds)
+            row[f"drop_{m}"] = _mean(runs[s].get(f"drop_{m}") for s in seeds)
     for key in [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS):
         row[key] = _mean(runs[s][key] for s in seeds)
     row["image_size"] = " ".join(sorted({str(x["image_size"]) for x in meta}, key=int))
@@ -156,6 +184,8 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         lambda: defaultdict(list))
     owners: dict[tuple, tuple[str, Path]] = {}
     file_ratios = file_contaminations()
+    records = [(p, r) for p, r in records if r.get("status") == FINISHED]
+    undrifted = {undrifted_key(r): r["final"] for _, r in records if r.get("final_initial") is None}
     for path, record in records:
         if record.get("status") != FINISHED:
             continue
@@ -170,7 +200,13 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         if key in owners:
             continue  # the same run copied twice
         owners[key] = (record.get("id"), path)
-        cells[table][cell][seed] = run_values(record)
+        values = run_values(record)
+        if record.get("final_initial") is not None:
+            base = undrifted.get(undrifted_key(record)) or {}
+            for m in METRICS:
+                after, before = values.get(m), base.get(m)
+                values[f"drop_{m}"] = None if after is None or before is None else before - after
+        cells[table][cell][seed] = values
         meta[table][cell].append({"image_size": record["data"]["image_size"],
                                   "version": record["env"].get("oadbench")})
     tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -193,10 +229,14 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
     return tables
 
 
+def is_drift_table(rows: Sequence[Mapping[str, Any]]) -> bool:
+    return any(f"{METRICS[0]}_initial_mean" in r for r in rows)
+
+
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    cols = columns()
+    cols = columns(drift=is_drift_table(rows))
     writer.writerow(cols)
     for row in rows:
         writer.writerow([_fmt(row.get(c)) for c in cols])
@@ -218,14 +258,19 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -
     for (protocol, dataset), rows in tables.items():
         sizes = " / ".join(sorted({x for r in rows for x in str(r["image_size"]).split()}, key=int))
         seeds = " ".join(sorted({x for r in rows for x in str(r["seeds"]).split()}, key=int))
+        drift = is_drift_table(rows)
         lines += [f"## {protocol} / {dataset}", "",
-                  f"Input {sizes} px, seeds {seeds}; CSV: `{protocol}/{dataset}.csv`.", "",
-                  "| method | backbone | category | image AUROC | pixel AUROC | AUPRO | AULC img | observe ms "
-                  "| score ms | train s | runs |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  f"Input {sizes} px, seeds {seeds}; CSV: `{protocol}/{dataset}.csv`."
+                  + (" Image AUROC in the drifted (current) state, in the initial state, and its drop against the "
+                     "same run without drift." if drift else ""), "",
+                  "| method | backbone | category | image AUROC | "
+                  + ("initial image AUROC | drop vs no drift | " if drift else "")
+                  + "pixel AUROC | AUPRO | AULC img | observe ms | score ms | train s | runs |",
+                  "|---|---|---|---|" + ("---|---|" if drift else "") + "---|---|---|---|---|---|---|"]
         for r in rows:
             cat = f"**{r['category']}**" if r["category"] == MEAN_ROW else r["category"]
-            lines.append(f"| {r['method']} | {r['backbone']} | {cat} | {pm(r, 'image_auroc')} | "
+            extra = f"{pm(r, 'image_auroc_initial')} | {_fmt3(r.get('drop_image_auroc'))} | " if drift else ""
+            lines.append(f"| {r['method']} | {r['backbone']} | {cat} | {pm(r, 'image_auroc')} | {extra}"
                          f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {_fmt3(r.get('aulc_image_auroc'))} | "
                          f"{_fmt1(r.get('observe_ms'))} | {_fmt1(r.get('score_ms'))} | {_fmt1(r.get('train_s'))} | "
                          f"{r['n_runs']} |")

@@ -25,17 +25,21 @@ Unknown keys and out-of-range values raise :class:`~oadbench.errors.ConfigError`
 ``evaluation.batch_size`` images per ``score`` call when scoring the evaluation split.
 ``metrics``             metric names, a subset of :data:`METRICS`.
 ``seeds``               the seeds a full benchmark of this protocol runs (sweeps and leaderboards use them).
+``drift``               a list of drift components (:mod:`oadbench.drift`): how the normal appearance changes along
+                        the stream; holdout checkpoints then score the evaluation split in the current drift state
+                        (``metrics``) and in the initial one (``metrics_initial``). Absent or empty: no drift.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from oadbench.drift import Drift, parse_drift
 from oadbench.errors import ConfigError
 from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS
 from oadbench.paths import search_dirs
@@ -82,6 +86,7 @@ class ProtocolSpec:
     evaluation: EvaluationSpec = EvaluationSpec()
     metrics: tuple[str, ...] = METRICS
     seeds: tuple[int, ...] = (0, 1, 2)
+    drift: Drift = Drift()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "protocol") -> ProtocolSpec:
@@ -89,7 +94,12 @@ class ProtocolSpec:
         return _parse(data, source)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        """Plain values; ``drift`` only when the protocol has one, so protocols without drift keep the identities
+        (record names) they had before drift existed."""
+        out = asdict(replace(self, drift=Drift()))
+        out.pop("drift")
+        if self.drift:
+            out["drift"] = self.drift.to_list()
         out["evaluation"]["checkpoints"] = (
             list(self.evaluation.checkpoints)
             if not isinstance(self.evaluation.checkpoints, str)
@@ -204,6 +214,8 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
             raise ConfigError(f"{source}: categories", "lists a category twice")
         categories = tuple(categories)
 
+    drift = parse_drift(top.get("drift"), source)
+
     description = top.get("description", "")
     if not isinstance(description, str):
         raise ConfigError(f"{source}: description", "must be a string")
@@ -217,6 +229,7 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
         evaluation=evaluation,
         metrics=tuple(dict.fromkeys(metrics)),
         seeds=seeds,
+        drift=drift,
     )
 
 

@@ -247,6 +247,7 @@ class EvalSet:
     features: list[torch.Tensor]  # per level (N,C,h,w), on the run device
     has_masks: bool
     position: dict[int, int] = field(default_factory=dict)  # sample index -> row
+    state: tuple[float, ...] = ()  # the drift state its images are in (empty or all 0: the initial one)
 
 
 class Execution:
@@ -255,8 +256,10 @@ class Execution:
         self.cfg = prep.config
         self.spec = prep.spec
         self.checkpoints: list[dict[str, Any]] = []
-        self.distinct: set[tuple[int, int]] = set()
+        self.distinct: set[tuple[int, int, tuple[float, ...]]] = set()  # (task, sample, drift state)
         self.observed = 0
+        self.drift = prep.spec.drift
+        self._drifted: dict[int, EvalSet] = {}  # task -> its evaluation split in the latest drift state
         self.panels: list[tuple[str, np.ndarray]] = []
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="oadbench-io")  # image decoding
         self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="oadbench-prefetch")  # next batch
@@ -286,26 +289,74 @@ class Execution:
         pairs = list(self.pool.map(self.prep.transform.load, samples))
         return torch.stack([a for a, _ in pairs]), torch.stack([b for _, b in pairs])
 
-    def _extract(self, task: int, indices: Sequence[int], images: torch.Tensor, kind: str) -> list[torch.Tensor]:
-        self.distinct.update((task, i) for i in indices)
+    def _extract(self, task: int, indices: Sequence[int], images: torch.Tensor, kind: str,
+                 states: Sequence[tuple[float, ...]] | None = None) -> list[torch.Tensor]:
+        states = states or [()] * len(indices)
+        self.distinct.update((task, i, st if any(st) else ()) for i, st in zip(indices, states, strict=True))
         return self.features(images, kind)
 
+    # ---- drift --------------------------------------------------------------------------------------------
+
+    def drift_state(self, observed: int) -> tuple[float, ...]:
+        """The drift state after ``observed`` images (position observed / T of the run's T images)."""
+        total = self.prep.plan.total_observed
+        return self.drift.state(observed / total if total else 1.0)
+
+    def _drift_stream(self, t: int, idx: Sequence[int], images: torch.Tensor, masks: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, list[tuple[float, ...]]]:
+        """Stream images (and masks) each in its own drift state: the j-th of the batch at observed + j."""
+        if not self.drift:
+            return images, masks, [()] * len(idx)
+        samples = self.prep.datas[t].samples
+        states = [self.drift_state(self.observed + j) for j in range(len(idx))]
+        out_i, out_m = [], []
+        for j, i in enumerate(idx):
+            img, msk = self.drift.apply(images[j], None if masks is None else masks[j], states[j], samples[i].id,
+                                        self.cfg["seed"])
+            out_i.append(img)
+            out_m.append(msk)
+        return torch.stack(out_i), None if masks is None else torch.stack(out_m), states
+
+    def eval_set_in(self, t: int, state: tuple[float, ...]) -> EvalSet:
+        """Task ``t``'s evaluation split in drift state ``state`` (the initial set when nothing drifts); the latest
+        drifted set is kept, so an unchanged state is not extracted again."""
+        es = self.eval_set(t)
+        if not any(state):
+            return es
+        cached = self._drifted.get(t)
+        if cached is not None and cached.state == state:
+            return cached
+        samples = self.prep.datas[t].samples
+        pairs = [self.drift.apply(es.images[r], es.masks[r], state, samples[i].id, self.cfg["seed"])
+                 for r, i in enumerate(es.indices)]
+        images = torch.stack([a for a, _ in pairs])
+        masks = torch.stack([b for _, b in pairs])
+        drifted = self._build_eval_set(t, images, masks, state)
+        self._drifted[t] = drifted
+        return drifted
+
     def eval_set(self, t: int) -> EvalSet:
+        """Task ``t``'s evaluation split in the initial state, loaded and extracted once."""
         if t in self.eval_sets:
             return self.eval_sets[t]
         task, data = self.prep.plan.tasks[t], self.prep.datas[t]
+        images, masks = self._load([data.samples[i] for i in task.eval])
+        es = self._build_eval_set(t, images, masks, ())
+        self.eval_sets[t] = es
+        return es
+
+    def _build_eval_set(self, t: int, images: torch.Tensor, masks: torch.Tensor, state: tuple[float, ...]
+                        ) -> EvalSet:
+        task, data = self.prep.plan.tasks[t], self.prep.datas[t]
         samples = [data.samples[i] for i in task.eval]
-        images, masks = self._load(samples)
         bs = self.spec.evaluation.batch_size
-        chunks = [self._extract(t, task.eval[s:s + bs], images[s:s + bs], "backbone_eval")
-                  for s in range(0, len(samples), bs)]
+        chunks = [self._extract(t, task.eval[s:s + bs], images[s:s + bs], "backbone_eval",
+                                [state] * len(task.eval[s:s + bs])) for s in range(0, len(samples), bs)]
         features = [torch.cat([c[level] for c in chunks]) for level in range(len(chunks[0]))]
         labels = np.array([s.label for s in samples], dtype=np.int64)
         has_masks = all(s.mask_path is not None for s in samples if s.is_anomalous)
-        es = EvalSet(list(task.eval), images, masks, labels, features, has_masks,
-                     {i: r for r, i in enumerate(task.eval)})
-        self.eval_sets[t] = es
-        return es
+        return EvalSet(list(task.eval), images, masks, labels, features, has_masks,
+                       {i: r for r, i in enumerate(task.eval)}, state)
 
     def _batches(self, t: int, indices: Sequence[int], stops: set[int]) -> Iterator[tuple[list[int], Future]]:
         """Batches of ``stream.batch_size`` that never cross a checkpoint; the next batch loads while the
@@ -330,13 +381,15 @@ class Execution:
                 submitted += 1
             yield g, pending.pop(i)
 
-    def _stream_batch(self, t: int, idx: list[int], images: torch.Tensor) -> Batch:
+    def _stream_batch(self, t: int, idx: list[int], images: torch.Tensor,
+                      states: Sequence[tuple[float, ...]]) -> Batch:
         es = self.eval_sets.get(t)
-        if es is not None and all(i in es.position for i in idx):  # overlap: reuse evaluation features
+        undrifted = not any(any(st) for st in states)
+        if es is not None and undrifted and all(i in es.position for i in idx):  # overlap: reuse eval features
             rows = torch.tensor([es.position[i] for i in idx])
             feats = [f.index_select(0, rows.to(f.device)) for f in es.features]
         else:
-            feats = self._extract(t, idx, images, "backbone_stream")
+            feats = self._extract(t, idx, images, "backbone_stream", states)
         return Batch(self.features.normalise(images), tuple(feats))
 
     # ---- evaluation ---------------------------------------------------------------------------------------
@@ -346,8 +399,7 @@ class Execution:
             raise MethodError(f"method '{self.prep.method_cls.name}' produced non-finite (NaN or infinite) scores "
                               f"at the checkpoint after {self.observed} observed images")
 
-    def score_eval(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        es = self.eval_set(t)
+    def score_eval(self, es: EvalSet) -> tuple[np.ndarray, np.ndarray]:
         bs = self.spec.evaluation.batch_size
         scores, maps = [], []
         for s in range(0, len(es.indices), bs):
@@ -375,26 +427,48 @@ class Execution:
         with self.meter.measure("consolidate", 0):
             self.method.consolidate()
         per_category: dict[str, dict[str, float]] = {}
+        initial: dict[str, dict[str, float]] = {}
         normal_maps: list[np.ndarray] = []
+        state = self.drift_state(self.observed)
         for t in range(t_current + 1):
-            es = self.eval_set(t)
-            scores, maps = self.score_eval(t)
+            es = self.eval_set_in(t, state)
+            scores, maps = self.score_eval(es)
+            category = self.prep.plan.tasks[t].category
             masks = es.masks.numpy() if es.has_masks else None
-            per_category[self.prep.plan.tasks[t].category] = self.metrics(scores, es.labels, maps, masks)
+            per_category[category] = self.metrics(scores, es.labels, maps, masks)
+            if self.drift:  # the same split in the initial state, for forgetting
+                first = self.eval_set(t)
+                if first is es:
+                    initial[category] = per_category[category]
+                else:
+                    s0, m0 = self.score_eval(first)
+                    initial[category] = self.metrics(s0, first.labels, m0,
+                                                     first.masks.numpy() if first.has_masks else None)
             normal_maps.append(maps[es.labels == 0])
             self._panel_source = (es.images, es.labels, es.masks.numpy(), scores, maps)
             self._panel_samples = [self.prep.datas[t].samples[i] for i in es.indices]
-        self._record_checkpoint(per_category, t_current, task_end, normal_peaks(np.concatenate(normal_maps)))
+        self._record_checkpoint(per_category, t_current, task_end, normal_peaks(np.concatenate(normal_maps)),
+                                initial if self.drift else None, state)
+
+
 
     def _record_checkpoint(self, per_category: dict[str, dict[str, float]], t: int, task_end: bool,
-                           peaks: dict[str, float] | None = None) -> None:
+                           peaks: dict[str, float] | None = None,
+                           initial: dict[str, dict[str, float]] | None = None,
+                           state: tuple[float, ...] = ()) -> None:
         names = self.spec.metrics
-        if len(per_category) == 1:
-            metrics = next(iter(per_category.values()))
-        else:
-            metrics = {m: _nanmean([v[m] for v in per_category.values()]) for m in names}
+
+        def mean(by_category: dict[str, dict[str, float]]) -> dict[str, float]:
+            if len(by_category) == 1:
+                return next(iter(by_category.values()))
+            return {m: _nanmean([v[m] for v in by_category.values()]) for m in names}
+
+        metrics = mean(per_category)
         entry: dict[str, Any] = {"observed": self.observed, "task": self.prep.plan.tasks[t].category,
                                  "metrics": metrics, "footprint_bytes": int(self.method.footprint())}
+        if initial is not None:
+            entry["metrics_initial"] = mean(initial)
+            entry["drift_state"] = self.drift.describe(state)
         diagnostics = {k: float(v) for k, v in self.method.diagnostics().items()}
         if diagnostics:
             entry["diagnostics"] = diagnostics
@@ -403,8 +477,11 @@ class Execution:
         if self.spec.continual:
             entry["per_category"] = per_category
             entry["task_end"] = task_end
+            if initial is not None:
+                entry["per_category_initial"] = initial
         self.checkpoints.append(entry)
         self.tracker.log({**{f"eval/{k}": v for k, v in metrics.items()},
+                          **{f"eval_initial/{k}": v for k, v in entry.get("metrics_initial", {}).items()},
                           **{f"diag/{k}": v for k, v in diagnostics.items()},
                           "footprint_bytes": entry["footprint_bytes"], "observed": self.observed},
                          step=self.observed)
@@ -430,7 +507,8 @@ class Execution:
             for part, kind in ((task.warmup, "observe_warmup"), (task.stream, "observe")):
                 for idx, future in self._batches(t, part, stops):
                     images, _ = future.result()
-                    batch = self._stream_batch(t, idx, images)
+                    images, _, states = self._drift_stream(t, idx, images, None)
+                    batch = self._stream_batch(t, idx, images, states)
                     with self.meter.measure(kind, len(idx)):
                         self.method.observe(batch)
                     self.observed += len(idx)
@@ -450,14 +528,16 @@ class Execution:
             data = self.prep.datas[t]
             for idx, future in self._batches(t, task.warmup, stops):
                 images, _ = future.result()
-                batch = self._stream_batch(t, idx, images)
+                images, _, states = self._drift_stream(t, idx, images, None)
+                batch = self._stream_batch(t, idx, images, states)
                 with self.meter.measure("observe_warmup", len(idx)):
                     self.method.observe(batch)
                 self.observed += len(idx)
                 self._tick(len(idx))
             for idx, future in self._batches(t, task.stream, stops):
                 images, mask = future.result()
-                batch = self._stream_batch(t, idx, images)
+                images, mask, states = self._drift_stream(t, idx, images, mask)  # scored in their own state
+                batch = self._stream_batch(t, idx, images, states)
                 with self.meter.measure("consolidate", 0):
                     self.method.consolidate()
                 with self.meter.measure("score", len(idx)):
@@ -593,12 +673,14 @@ class Execution:
     def _results(self, partial: bool = False) -> dict[str, Any]:
         names = self.spec.metrics
         final = dict(self.checkpoints[-1]["metrics"]) if self.checkpoints else {}
+        final_initial = self.checkpoints[-1].get("metrics_initial") if self.checkpoints else None
         observed = [c["observed"] for c in self.checkpoints]
         summary = {m: summarise_curve(observed, [c["metrics"][m] for c in self.checkpoints])
                    for m in names} if self.checkpoints else {}
         out: dict[str, Any] = {
             "checkpoints": self.checkpoints,
             "final": final,
+            **({"final_initial": dict(final_initial)} if final_initial is not None else {}),
             "summary": summary,
             "cost": {
                 **self.meter.summary(sum(len(t.stream) for t in self.prep.plan.tasks)),

@@ -17,7 +17,7 @@ from oadbench.runner import prepare
 from tests.conftest import small_run
 
 BASES = {name: load_protocol(name).to_dict() for name in ("online_contaminated", "online_prequential", "few_shot",
-                                                           "continual")}
+                                                           "continual", "online_drift")}
 
 
 def leaf_paths(node: dict, prefix: str = "") -> list[str]:
@@ -30,7 +30,9 @@ def leaf_paths(node: dict, prefix: str = "") -> list[str]:
     return out
 
 
-KNOWN = sorted({p for base in BASES.values() for p in leaf_paths(base)})
+KNOWN = sorted({p for base in BASES.values() for p in leaf_paths(base)}
+               | {f"drift.{k}" for k in ("kind", "magnitude", "schedule", "color", "direction")}
+               | {f"drift.schedule.{k}" for k in ("type", "at", "start", "end", "period", "phase")})
 
 junk = st.one_of(
     st.none(), st.booleans(), st.integers(-10**9, 10**9), st.floats(allow_nan=True, allow_infinity=True),
@@ -64,7 +66,7 @@ def test_malformed_protocol_specs_fail_with_an_error_naming_a_key(base, mutation
     except ConfigError as exc:
         assert exc.key in str(exc)
         source, _, key = exc.key.rpartition(": ")
-        key = re.sub(r"\[\d+\]$", "", key)  # an item of a list: evaluation.checkpoints[2]
+        key = re.sub(r"\[\d+\]", "", key)  # an item of a list: evaluation.checkpoints[2], drift[0].kind
         assert source == "test", exc.key  # the error says which protocol file or node is at fault
         bogus = {"stream.speed", "bogus", "evaluation.when"}
         assert key in KNOWN or key in bogus or key.rpartition(".")[0] in KNOWN, exc.key  # or a junk sub-key
@@ -79,7 +81,7 @@ OVERRIDE_KEYS = ["seed", "image_size", "threads", "force", "device", "progress",
                  "protocol.stream.batch_size", "protocol.stream.order", "protocol.stream.max_length",
                  "protocol.warmup.k", "protocol.evaluation.checkpoints", "protocol.evaluation.batch_size",
                  "protocol.metrics", "method.n_features", "method.sigma", "dataset.category", "features.cache",
-                 "features.cache_max_gb", "features.cache_dir"]
+                 "features.cache_max_gb", "features.cache_dir", "protocol.drift"]
 values = st.one_of(
     st.just("null"), st.sampled_from(["true", "false"]), st.integers(-10**6, 10**6).map(str),
     st.floats(-1e3, 1e3, allow_nan=False).map(lambda f: f"{f:.3f}"),
@@ -107,7 +109,7 @@ def test_malformed_overrides_fail_with_an_error_naming_the_key(results_dir, over
         assert exc.key in str(exc)
         keys = {k for k, _ in overrides}
         key = re.sub(r"^protocol '[^']*': ", "protocol.", exc.key)  # "protocol 'name': stream.batch_size"
-        key = re.sub(r"\[\d+\]$", "", key)
+        key = re.sub(r"\[\d+\]", "", key)
         # the blamed key is one we set, or a key of the same group that a changed value made inconsistent
         assert key in keys or key.split(".")[0] in {k.split(".")[0] for k in keys if "." in k}, (exc.key, args)
     except OadbenchError as exc:  # data errors (e.g. more stream anomalies than the dataset has) say why
