@@ -11,7 +11,7 @@ from oadbench.protocol import load_protocol
 from oadbench.runner import run
 from tests.conftest import small_run
 
-METHODS = ["padim", "patchcore", "cfa"]
+METHODS = ["padim", "patchcore", "cfa", "lemo"]
 PROTOCOLS = {
     "offline": [],
     "online_cold_start": [],
@@ -19,8 +19,10 @@ PROTOCOLS = {
     "online_prequential": [],
     "few_shot": ["protocol.warmup.k=2"],
     "continual": ["protocol.categories=[washer,fabric]"],
+    "online_drift": [],
+    "offline_drift": [],
 }
-FAST = {"cfa": ["method.epochs=2"], "patchcore": ["method.budget=600"]}
+FAST = {"cfa": ["method.epochs=2"], "patchcore": ["method.budget=600"], "lemo": ["method.epochs=2"]}
 
 
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
@@ -37,3 +39,6 @@ def test_method_runs_under_protocol(tmp_path, method, protocol):
         assert record["checkpoints"][0]["observed"] == 0
     if spec.training == "online":
         assert record["checkpoints"][-1]["footprint_bytes"] > 0
+    if spec.drift:
+        assert all(math.isfinite(record["final_initial"][m]) for m in spec.metrics)
+        assert record["checkpoints"][-1]["drift_state"] and any(record["checkpoints"][-1]["drift_state"].values())
