@@ -67,3 +67,21 @@ def test_figs_draws_diagnostics_over_the_stream_when_records_have_them(tmp_path)
         {"observed": 0, "diagnostics": {"loss": 2.0}}, {"observed": 5, "diagnostics": {"loss": 1.0},
                                                          "normal_peaks": {"border_share": 0.5}}]}])
     assert curves == {"loss": ([0, 5], [2.0, 1.0]), BORDER: ([5], [0.5])}
+
+
+def test_figs_draws_the_drift_figure_for_drift_protocols(tmp_path):
+    root = tmp_path / "records"
+    drift = [{"kind": "brightness", "magnitude": 0.25, "schedule": {"type": "gradual", "start": 0.5, "end": 1.0}}]
+    for seed in (0, 1):
+        rec = make_record("padim", "capsule", seed, {m: 0.8 for m in METRICS}, run_id=f"d{seed}",
+                          protocol="online_drift")
+        rec["config"]["protocol"].update(training="online", stream={"contamination": 0.0}, drift=drift)
+        rec["data"].update(stream=100, warmup=0)
+        rec["checkpoints"] = [{"observed": n, "metrics": {m: 0.9 - n / 1000 for m in METRICS},
+                               "metrics_initial": {m: 0.9 for m in METRICS}, "footprint_bytes": 10}
+                              for n in (0, 10, 50, 100)]
+        write_record(root / f"{seed}.json", rec)
+    out = tmp_path / "figs"
+    assert main(["figs", str(root), "--out", str(out)]) == 0
+    assert (out / "drift_online_drift_synthetic.png").stat().st_size > 1000
+    assert (out / "drift_online_drift_synthetic.pdf").read_bytes()[:4] == b"%PDF"

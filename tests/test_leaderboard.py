@@ -128,3 +128,31 @@ def test_no_records_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no finished run record"):
         compile_leaderboards(tmp_path / "empty", tmp_path / "lb")
+
+
+def test_drift_tables_have_the_initial_state_and_the_drop_against_the_run_without_drift(tmp_path):
+    root = tmp_path / "records"
+    finals = {}
+    for seed in (0, 1):
+        for protocol, value in (("online_cold_start", 0.90 + 0.02 * seed), ("online_drift", 0.70 + 0.04 * seed)):
+            metrics = {m: value for m in METRICS}
+            rec = make_record("padim", "capsule", seed, metrics, run_id=f"{protocol}-{seed}", protocol=protocol)
+            rec["identity"] = {"protocol": {"name": protocol, "description": protocol, "stream": {"order": "x"}},
+                               "method": {"name": "padim"}, "seed": seed}
+            if protocol == "online_drift":
+                rec["identity"]["protocol"]["drift"] = [{"kind": "brightness"}]
+                rec["final_initial"] = {m: 0.85 for m in METRICS}
+            finals[(protocol, seed)] = value
+            write_record(root / protocol / f"{seed}.json", rec)
+    out = tmp_path / "lb"
+    compile_leaderboards(root, out)
+    plain = read_csv(out / "online_cold_start" / "synthetic.csv")
+    assert "image_auroc_initial_mean" not in plain[0]  # tables without drift keep their columns
+    drift = {r["category"]: r for r in read_csv(out / "online_drift" / "synthetic.csv")}
+    row = drift["capsule"]
+    assert row["image_auroc_mean"] == "0.7200" and row["image_auroc_initial_mean"] == "0.8500"
+    expected = np.mean([finals[("online_cold_start", s)] - finals[("online_drift", s)] for s in (0, 1)])
+    assert float(row["drop_image_auroc"]) == pytest.approx(expected, abs=1e-4)
+    assert drift["mean"]["drop_image_auroc"] == row["drop_image_auroc"]
+    text = (out / "README.md").read_text()
+    assert "initial image AUROC | drop vs no drift" in text and "0.850" in text
