@@ -119,12 +119,25 @@ def _expand_all_categories(overrides: list[str]) -> list[str]:
     if "," in name:
         raise ConfigError("dataset.category", "'all' needs a single dataset, got dataset=" + name)
     loader = get_dataset(name)
-    root = values.get("dataset.root") or loader.default_root()
-    if root is None:
-        raise ConfigError("dataset.root", f"is required to list the categories of dataset '{name}'")
-    categories = loader.categories(Path(root).expanduser())
+    if loader.root_option is not None:  # e.g. hf: dataset.path, and the options that say how to read it
+        key = f"dataset.{loader.root_option}"
+        if values.get(key) is None:
+            raise ConfigError(key, f"is required to list the categories of dataset '{name}'")
+        options: dict = {k: v for k, v in loader.options.items() if k != loader.root_option}
+        for arg, value in values.items():
+            parts = arg.split(".")
+            if parts[0] == "dataset" and len(parts) == 3 and isinstance(options.get(parts[1]), dict):
+                options[parts[1]] = {**options[parts[1]], parts[2]: value or None}
+            elif parts[0] == "dataset" and len(parts) == 2 and parts[1] in options:
+                options[parts[1]] = value
+        categories = loader.categories(values[key], **options)
+    else:
+        root = values.get("dataset.root") or loader.default_root()
+        if root is None:
+            raise ConfigError("dataset.root", f"is required to list the categories of dataset '{name}'")
+        categories = loader.categories(Path(root).expanduser())
     if not categories:
-        raise ConfigError("dataset.category", f"'all': no category found under {root} for dataset '{name}'")
+        raise ConfigError("dataset.category", f"'all': no category found for dataset '{name}'")
     out = [f"dataset.category={','.join(categories)}" if arg == "dataset.category=all" else arg for arg in overrides]
     if not any(arg in MULTIRUN_FLAGS for arg in out):
         out.insert(0, "--multirun")
@@ -138,12 +151,14 @@ def _run(overrides: list[str]) -> int:
 
     from oadbench.config import PRIMARY, register_configs
 
-    modes = [a for a in overrides if a in (*MULTIRUN_FLAGS, "--cfg", "-c", "--info", "-i", "--shell-completion")]
+    expanded = _expand_all_categories(overrides)  # dataset.category=all turns on -m
+    modes = [a for a in expanded if a in (*MULTIRUN_FLAGS, "--cfg", "-c", "--info", "-i", "--shell-completion")]
     if any(a in MULTIRUN_FLAGS for a in modes) and len(modes) > 1:
-        raise ConfigError("-m", f"cannot be combined with {', '.join(a for a in modes if a not in MULTIRUN_FLAGS)}"
+        raise ConfigError("-m" if expanded == overrides else "-m (dataset.category=all sweeps)",
+                          f"cannot be combined with {', '.join(a for a in modes if a not in MULTIRUN_FLAGS)}"
                           "; print a configuration without -m (e.g. `oadbench run hydra/launcher=joblib --cfg "
                           "hydra`)")
-    overrides, extra = _group_choices(_expand_all_categories(overrides))
+    overrides, extra = _group_choices(expanded)
     register_configs(extra)
     sweeping = any(arg in MULTIRUN_FLAGS for arg in overrides)
     os.environ["OADBENCH_SWEEP_ID"] = str(os.getpid())  # names the sweep directory; launcher workers inherit it

@@ -362,3 +362,13 @@ def test_offline_hub_in_process_raises_dataset_unavailable(monkeypatch):
 def test_list_datasets_shows_hf(capsys):
     assert main(["list", "datasets"]) == 0
     assert any(line.startswith("hf ") for line in capsys.readouterr().out.splitlines())
+
+
+def test_dataset_category_all_lists_the_categories_of_a_hub_layout(tmp_path):
+    from oadbench.cli import _expand_all_categories
+
+    root = mvtec_hub(tmp_path / "hub")
+    out = _expand_all_categories(["dataset=hf", f"dataset.path={root}", "dataset.category=all"])
+    assert "dataset.category=bottle,cable" in out and "--multirun" in out
+    with pytest.raises(ConfigError, match="dataset.path"):
+        _expand_all_categories(["dataset=hf", "dataset.category=all"])

@@ -49,7 +49,7 @@ Interpretations:
 * Config: ``dataset.path`` is an option (so the source, with ``revision`` and ``columns``, is part of a run's
   identity and two repositories never share a record); the runner passes it as ``root``
   (:attr:`DatasetLoader.root_option`), and ``dataset.root`` is an error for this loader. ``dataset.category=all``
-  needs ``dataset.root`` and so does not apply here: name the categories (``-m dataset.category=a,b``).
+  sweeps over the categories of ``dataset.path``.
 
 Export (:func:`export_category`): one Parquet file per part, ``<out>/data/<category>.<train|test>-00000-of-00001
 .parquet``, in the first layout above, rows in the loader's order, the image files' bytes embedded unchanged with
