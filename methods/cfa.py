@@ -106,6 +106,7 @@ def soft_boundary_loss(d2: torch.Tensor, r: torch.Tensor, K: int, J: int, alpha:
 @register_method("cfa")
 class CFA(Method):
     description = "coupled-hypersphere feature adaptation to a patch memory (Lee et al., IEEE Access 2022)"
+    needs_images = False  # features and image_size only
 
     @dataclass(frozen=True)
     class Config:
@@ -269,7 +270,7 @@ class CFA(Method):
         else:
             dist, _ = nearest_neighbours(z, self.bank, self.config.K)
             patch = F.softmin(dist, dim=1)[:, 0] * dist[:, 0]
-        maps = upsample_maps(patch.reshape(b, h, w), tuple(batch.images.shape[-2:]), self.config.sigma)
+        maps = upsample_maps(patch.reshape(b, h, w), batch.image_size, self.config.sigma)
         return Scores(image=maps.flatten(1).amax(1), maps=maps)
 
     def footprint(self) -> int:

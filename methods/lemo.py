@@ -349,17 +349,22 @@ class LeMO(Method):
         k = self.config.n_prototypes
         if z.shape[0] < k:
             return
+        ones = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
         for _ in range(2 * k):
             labels = self._assign(z, cosine)
-            sizes = torch.bincount(labels, minlength=k)
-            small = torch.nonzero(sizes < threshold).flatten()
-            if small.numel() == 0:
+            sizes = torch.zeros(k, dtype=torch.long, device=z.device).scatter_add_(0, labels, ones)
+            small = sizes < threshold
+            # one host round trip per iteration for all the loop decides on: whether a cluster is small, the
+            # smallest small one and the largest (the lowest index on ties), and the largest one's size
+            found, target, largest, count = torch.stack([
+                small.any().long(), torch.where(small, sizes, z.shape[0] + 1).argmin(), sizes.argmax(), sizes.max(),
+            ]).tolist()
+            if not found:
                 return
-            target = int(small[torch.argmin(sizes[small])])
-            largest = int(torch.argmax(sizes))
-            members = z[labels == largest]
-            if members.shape[0] < 2:
+            if count < 2:
                 return
+            # the largest cluster's patches in their order, gathered without a boolean mask (a second round trip)
+            members = z.index_select(0, torch.argsort((labels != largest).to(torch.uint8), stable=True)[:count])
             halves, _ = kmeans(members, 2, seed=self.context.seed + self.replacements)
             if self.config.normalize:
                 halves = F.normalize(halves, dim=1)
@@ -374,18 +379,19 @@ class LeMO(Method):
         k = self.config.n_prototypes
         d = self._distances(z, self._prototypes())
         nearest, labels = d.min(1)
-        share = torch.bincount(labels, minlength=k).float() / z.shape[0]
+        counts = torch.zeros(k, dtype=torch.long, device=z.device).scatter_add_(0, labels, torch.ones_like(labels))
+        share = counts.float() / z.shape[0]
         rho = self.config.usage_decay
         self.usage.mul_(1.0 - rho).add_(rho * share)
-        dead = torch.nonzero(self.usage < self.config.dead_usage / k).flatten()
-        if dead.numel() == 0:
+        dead = torch.nonzero(self.usage < self.config.dead_usage / k).flatten()[: z.shape[0]]
+        rows = dead.tolist()  # the image's one host round trip, right after nonzero's: nothing is queued behind it
+        if not rows:
             return
-        dead = dead[: z.shape[0]]
-        worst = torch.topk(nearest, dead.numel()).indices
+        worst = torch.topk(nearest, len(rows)).indices
         self.memory[dead] = F.normalize(z[worst], dim=1) if self.config.normalize else z[worst]
         self.usage[dead] = 1.0 / k
-        self._reset_moments(dead.tolist())
-        self.replacements += int(dead.numel())
+        self._reset_moments(rows)
+        self.replacements += len(rows)
 
     def _reset_moments(self, rows: list[int]) -> None:
         state = self.optimizer.state.get(self.memory) if self.optimizer is not None else None

@@ -40,6 +40,7 @@ from oadbench.method import Batch, Method, MethodContext, Scores, register_metho
 @register_method("patchcore")
 class PatchCore(Method):
     description = "greedy-coreset memory bank of local patch features (Roth et al., CVPR 2022)"
+    needs_images = False  # features and image_size only
 
     @dataclass(frozen=True)
     class Config:
@@ -148,7 +149,7 @@ class PatchCore(Method):
             dist, idx = nearest_neighbours(patches, self.bank, k=1)
             patch_scores = dist[:, 0].view(n, h * w)
             image = self._reweighted_max(patches.view(n, h * w, -1), patch_scores, idx[:, 0].view(n, h * w))
-        maps = upsample_maps(patch_scores.view(n, h, w), tuple(batch.images.shape[-2:]), self.config.sigma)
+        maps = upsample_maps(patch_scores.view(n, h, w), batch.image_size, self.config.sigma)
         return Scores(image=image, maps=maps)
 
     def _reweighted_max(self, patches: torch.Tensor, patch_scores: torch.Tensor, nn_idx: torch.Tensor

@@ -14,6 +14,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from oadbench.data import dataset_names, get_dataset
+from oadbench.devices import DEFAULT_PRECISION
 from oadbench.feature_store import FEATURE_DEFAULTS
 from oadbench.features import DEFAULT_BACKBONE
 from oadbench.method import config_defaults, get_method, method_names
@@ -40,6 +41,7 @@ def primary_config() -> dict[str, Any]:
         "center_crop": None,
         "seed": 0,
         "device": "cpu",
+        "precision": DEFAULT_PRECISION,
         "results_dir": "results",
         "force": False,
         "progress": True,

@@ -5,9 +5,9 @@ each image's features once. The store keys an entry by
 
 - a *namespace*: backbone name, weight source, a SHA-256 of the feature extractor's weights, the feature levels
   it outputs, input size and crop, and what changes float results: the torch version, the device type, the CPU
-  thread count (oneDNN's convolutions reduce in a thread-count-dependent order) or the CUDA device and its TF32
-  settings; one directory ``<root>/<namespace digest[:16]>/`` per namespace, with ``namespace.json`` saying
-  what it is;
+  thread count (oneDNN's convolutions reduce in a thread-count-dependent order) or the CUDA device, its TF32
+  settings (the run's ``precision``) and whether deterministic algorithms are on; one directory
+  ``<root>/<namespace digest[:16]>/`` per namespace, with ``namespace.json`` saying what it is;
 - the image's content: BLAKE2b of the uint8 tensor exactly as the backbone receives it (after resize and crop):
   ``<namespace dir>/<digest[:2]>/<digest>.safetensors``.
 
@@ -45,6 +45,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_tensors
 
+from oadbench.devices import tf32_state
 from oadbench.results import atomic_write
 
 log = logging.getLogger("oadbench")
@@ -76,10 +77,12 @@ def weights_digest(module: torch.nn.Module) -> str:
 def numerics(device: torch.device) -> dict[str, Any]:
     """What, besides weights and input, decides the float results of a backbone pass on ``device``."""
     out: dict[str, Any] = {"torch": torch.__version__, "device": device.type}
-    if device.type == "cuda":
+    if device.type == "cuda":  # the flags in effect: the run's ``precision`` and deterministic mode set them
+        tf32 = tf32_state()
         out["device_name"] = torch.cuda.get_device_name(device)
-        out["cudnn_allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
-        out["matmul_allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+        out["cudnn_allow_tf32"] = tf32["conv"]
+        out["matmul_allow_tf32"] = tf32["matmul"]
+        out["deterministic"] = torch.are_deterministic_algorithms_enabled()
     else:
         out["threads"] = torch.get_num_threads()
     return out

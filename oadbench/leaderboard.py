@@ -23,9 +23,18 @@ identity differs only in the protocol's name, description and drift: ``online_co
 ``offline`` for ``offline_drift``) minus the drifted final, mean over the seeds that have both; empty without that
 record.
 
-Two finished records for the same (protocol, dataset, method, backbone, category, seed) with different run
-identities (say, two hyperparameter settings) are an error naming both files: a leaderboard cell is one
-configuration.
+Devices: records of different device types are keyed apart, not merged and not refused. A cell is (method,
+backbone, device type, category): a CPU run and a CUDA run of one configuration are two runs with their own
+identities (:mod:`oadbench.devices`), both legitimate, and a results directory may well hold both; refusing them
+would make such a directory impossible to compile, and merging them would average cost columns that measure
+different machines (and metrics that differ by float rounding). A table with records on a device other than the
+CPU gets a ``device`` column (after ``backbone``) and the GPU memory of each cell (``cuda_peak_mb``: the run's
+peak, ``cuda_method_peak_mb``: the method's own, ``cuda_features_peak_mb``: the backbone's and the kept features';
+mean over runs, empty for CPU rows); a table with only CPU records has neither, so its CSV is what it always was.
+
+Two finished records for the same (protocol, dataset, method, backbone, device type, category, seed) with
+different run identities (say, two hyperparameter settings, or ``precision=fp32`` and ``tf32``) are an error naming
+both files: a leaderboard cell is one configuration.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ from oadbench.results import FINISHED, iter_records
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
 SUMMARIES = ("aulc", "images_to_95")
 COSTS = ("observe_ms", "score_ms", "train_s", "peak_rss_mb", "footprint_mb")
+GPU_COSTS = ("cuda_peak_mb", "cuda_method_peak_mb", "cuda_features_peak_mb")  # only in tables with GPU records
+CPU = "cpu"
 TRAINING_PHASES = ("observe_warmup", "observe", "consolidate")  # the method's own learning work
 MEAN_ROW = "mean"
 
@@ -83,8 +94,16 @@ def table_of(record: Mapping[str, Any], file_ratios: Mapping[str, float | None])
     return protocol_label(cfg["protocol"], file_ratios), cfg["dataset"]["name"]
 
 
-def columns(drift: bool = False) -> list[str]:
-    cols = ["method", "backbone", "category", "n_runs", "seeds"]
+def record_device(record: Mapping[str, Any]) -> str:
+    """The device type a record ran on: its identity's (CUDA runs), else its config's, else ``cpu``."""
+    numeric = (record.get("identity") or {}).get("device")
+    if isinstance(numeric, Mapping) and numeric.get("type"):
+        return str(numeric["type"])
+    return str((record.get("config") or {}).get("device") or CPU).split(":")[0]
+
+
+def columns(drift: bool = False, gpu: bool = False) -> list[str]:
+    cols = ["method", "backbone", *(["device"] if gpu else []), "category", "n_runs", "seeds"]
     for m in METRICS:
         cols += [f"{m}_mean", f"{m}_std"]
     if drift:
@@ -93,7 +112,7 @@ def columns(drift: bool = False) -> list[str]:
         cols += [f"drop_{m}" for m in METRICS]
     for s in SUMMARIES:
         cols += [f"{s}_{m}" for m in METRICS]
-    cols += list(COSTS) + ["image_size", "oadbench_version"]
+    cols += list(COSTS) + (list(GPU_COSTS) if gpu else []) + ["image_size", "oadbench_version"]
     return cols
 
 
@@ -125,6 +144,8 @@ def run_values(record: Mapping[str, Any]) -> dict[str, Any]:
     values["peak_rss_mb"] = cost.get("peak_rss_mb")
     footprint = cost.get("footprint_bytes")
     values["footprint_mb"] = None if footprint is None else footprint / 2**20
+    for key in GPU_COSTS:
+        values[key] = cost.get(key)
     initial = record.get("final_initial")
     if initial is not None:
         for m in METRICS:
@@ -155,11 +176,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _cell_row(method: str, backbone: str, category: str, runs: Mapping[int, Mapping[str, Any]],
+def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapping[int, Mapping[str, Any]],
               meta: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``runs``: seed -> run values (one category, or the category average for a mean row)."""
     seeds = sorted(runs)
-    row: dict[str, Any] = {"method": method, "backbone": backbone, "category": category,
+    row: dict[str, Any] = {"method": method, "backbone": backbone, "device": device, "category": category,
                            "n_runs": sum(int(r.get("_n", 1)) for r in runs.values()),
                            "seeds": " ".join(map(str, seeds))}
     for m in METRICS:
@@ -169,8 +190,8 @@ def _cell_row(method: str, backbone: str, category: str, runs: Mapping[int, Mapp
             row[f"{m}_initial_mean"] = _mean(runs[s].get(f"{m}_initial") for s in seeds)
             row[f"{m}_initial_std"] = _std(runs[s].get(f"{m}_initial") for s in seeds)
             row[f"drop_{m}"] = _mean(runs[s].get(f"drop_{m}") for s in seeds)
-    for key in [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS):
-        row[key] = _mean(runs[s][key] for s in seeds)
+    for key in [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS) + list(GPU_COSTS):
+        row[key] = _mean(runs[s].get(key) for s in seeds)
     row["image_size"] = " ".join(sorted({str(x["image_size"]) for x in meta}, key=int))
     row["oadbench_version"] = " ".join(sorted({str(x["version"]) for x in meta}))
     return row
@@ -178,9 +199,9 @@ def _cell_row(method: str, backbone: str, category: str, runs: Mapping[int, Mapp
 
 def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """(protocol, dataset) -> leaderboard rows, from (path, record) pairs (unfinished records are ignored)."""
-    cells: dict[tuple[str, str], dict[tuple[str, str, str], dict[int, dict[str, Any]]]] = defaultdict(
+    cells: dict[tuple[str, str], dict[tuple[str, str, str, str], dict[int, dict[str, Any]]]] = defaultdict(
         lambda: defaultdict(dict))
-    meta: dict[tuple[str, str], dict[tuple[str, str, str], list[dict[str, Any]]]] = defaultdict(
+    meta: dict[tuple[str, str], dict[tuple[str, str, str, str], list[dict[str, Any]]]] = defaultdict(
         lambda: defaultdict(list))
     owners: dict[tuple, tuple[str, Path]] = {}
     file_ratios = file_contaminations()
@@ -191,11 +212,12 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
             continue
         cfg = record["config"]
         table = table_of(record, file_ratios)
-        cell = (cfg["method"]["name"], record["backbone"]["name"], str(cfg["dataset"]["category"]))
+        cell = (cfg["method"]["name"], record["backbone"]["name"], record_device(record),
+                str(cfg["dataset"]["category"]))
         seed = int(cfg["seed"])
         key = (*table, *cell, seed)
         if key in owners and owners[key][0] != record.get("id"):
-            raise DataError(f"two records for {'/'.join(map(str, key[:5]))} seed {seed} with different "
+            raise DataError(f"two records for {'/'.join(map(str, key[:6]))} seed {seed} with different "
                             f"configurations: {owners[key][1]} and {path}; a leaderboard cell is one configuration")
         if key in owners:
             continue  # the same run copied twice
@@ -212,19 +234,19 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
     tables: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table in sorted(cells):
         rows = []
-        by_method: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+        by_method: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = defaultdict(list)
         for cell in sorted(cells[table]):
             rows.append(_cell_row(*cell, cells[table][cell], meta[table][cell]))
-            by_method[cell[:2]].append(cell)
-        for (method, backbone), cell_keys in sorted(by_method.items()):
+            by_method[cell[:3]].append(cell)
+        for (method, backbone, device), cell_keys in sorted(by_method.items()):
             per_seed: dict[int, dict[str, Any]] = {}
             for seed in sorted({s for c in cell_keys for s in cells[table][c]}):
                 present = [cells[table][c][seed] for c in cell_keys if seed in cells[table][c]]
                 per_seed[seed] = {k: _mean(v[k] for v in present) for k in present[0]}
                 per_seed[seed]["_n"] = len(present)
-            rows.append(_cell_row(method, backbone, MEAN_ROW, per_seed,
+            rows.append(_cell_row(method, backbone, device, MEAN_ROW, per_seed,
                                   [m for c in cell_keys for m in meta[table][c]]))
-        rows.sort(key=lambda r: (r["method"], r["backbone"], r["category"] == MEAN_ROW, r["category"]))
+        rows.sort(key=lambda r: (r["method"], r["backbone"], r["device"], r["category"] == MEAN_ROW, r["category"]))
         tables[table] = rows
     return tables
 
@@ -233,10 +255,15 @@ def is_drift_table(rows: Sequence[Mapping[str, Any]]) -> bool:
     return any(f"{METRICS[0]}_initial_mean" in r for r in rows)
 
 
+def is_gpu_table(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a table has rows of records run on a device other than the CPU."""
+    return any(r.get("device", CPU) != CPU for r in rows)
+
+
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    cols = columns(drift=is_drift_table(rows))
+    cols = columns(drift=is_drift_table(rows), gpu=is_gpu_table(rows))
     writer.writerow(cols)
     for row in rows:
         writer.writerow([_fmt(row.get(c)) for c in cols])
@@ -258,22 +285,27 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -
     for (protocol, dataset), rows in tables.items():
         sizes = " / ".join(sorted({x for r in rows for x in str(r["image_size"]).split()}, key=int))
         seeds = " ".join(sorted({x for r in rows for x in str(r["seeds"]).split()}, key=int))
-        drift = is_drift_table(rows)
+        drift, gpu = is_drift_table(rows), is_gpu_table(rows)
         lines += [f"## {protocol} / {dataset}", "",
                   f"Input {sizes} px, seeds {seeds}; CSV: `{protocol}/{dataset}.csv`."
                   + (" Image AUROC in the drifted (current) state, in the initial state, and its drop against the "
-                     "same run without drift." if drift else ""), "",
-                  "| method | backbone | category | image AUROC | "
+                     "same run without drift." if drift else "")
+                  + (" GPU MiB: the method's own peak / the run's peak (GPU rows)." if gpu else ""), "",
+                  "| method | backbone | " + ("device | " if gpu else "") + "category | image AUROC | "
                   + ("initial image AUROC | drop vs no drift | " if drift else "")
-                  + "pixel AUROC | AUPRO | AULC img | observe ms | score ms | train s | runs |",
-                  "|---|---|---|---|" + ("---|---|" if drift else "") + "---|---|---|---|---|---|---|"]
+                  + "pixel AUROC | AUPRO | AULC img | observe ms | score ms | train s | "
+                  + ("GPU MiB | " if gpu else "") + "runs |",
+                  "|---|---|" + ("---|" if gpu else "") + "---|---|" + ("---|---|" if drift else "")
+                  + "---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|"]
         for r in rows:
             cat = f"**{r['category']}**" if r["category"] == MEAN_ROW else r["category"]
             extra = f"{pm(r, 'image_auroc_initial')} | {_fmt3(r.get('drop_image_auroc'))} | " if drift else ""
-            lines.append(f"| {r['method']} | {r['backbone']} | {cat} | {pm(r, 'image_auroc')} | {extra}"
+            device = f"{r['device']} | " if gpu else ""
+            memory = f"{_fmt0(r.get('cuda_method_peak_mb'))} / {_fmt0(r.get('cuda_peak_mb'))} | " if gpu else ""
+            lines.append(f"| {r['method']} | {r['backbone']} | {device}{cat} | {pm(r, 'image_auroc')} | {extra}"
                          f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {_fmt3(r.get('aulc_image_auroc'))} | "
                          f"{_fmt1(r.get('observe_ms'))} | {_fmt1(r.get('score_ms'))} | {_fmt1(r.get('train_s'))} | "
-                         f"{r['n_runs']} |")
+                         f"{memory}{r['n_runs']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -284,6 +316,10 @@ def _fmt3(v: float | None) -> str:
 
 def _fmt1(v: float | None) -> str:
     return "–" if v is None else f"{v:.1f}"
+
+
+def _fmt0(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
 
 
 def compile_leaderboards(records_dir: Path, out_dir: Path) -> list[Path]:

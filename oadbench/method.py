@@ -27,7 +27,7 @@ import importlib.util
 import sys
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,18 +40,69 @@ from oadbench.validate import check_bool, check_int, check_number, check_str
 
 ENTRY_POINT_GROUP = "oadbench.methods"
 MODES = ("online", "offline")
+# metadata of a Config field added after records were published: left out of a run's identity while it has its
+# default, so those records keep their names (``field(default=..., metadata=OMIT_AT_DEFAULT)``)
+OMIT_AT_DEFAULT = {"oadbench_omit_at_default": True}
 
 
-@dataclass(frozen=True)
 class Batch:
-    """``images``: float (B,3,H,W), normalised for the backbone, on the run's device. ``features``: one tensor
-    (B,C_l,H_l,W_l) per backbone level the method asked for, in the order of its ``layers``."""
+    """What a method sees of a batch of images. ``features``: one tensor (B,C_l,H_l,W_l) per backbone level the
+    method asked for, in the order of its ``layers``, on the run's device. ``image_size``: (H, W) of the images,
+    the size of the maps ``score`` returns. ``images``: float (B,3,H,W), normalised for the backbone, on the run's
+    device.
 
-    images: torch.Tensor
-    features: tuple[torch.Tensor, ...]
+    ``Batch(images, features)`` holds given images; :meth:`deferred` makes them when ``images`` is first read
+    (the runner's batches for a method with ``needs_images = False``: a normalised copy of every batch on the
+    device that no method reads is memory and time for nothing). Immutable."""
+
+    __slots__ = ("_images", "_source", "_normalise", "features", "image_size")
+
+    def __init__(self, images: torch.Tensor, features: Sequence[torch.Tensor]):
+        self._set(images=images, source=None, normalise=None, features=features,
+                  size=(int(images.shape[-2]), int(images.shape[-1])))
+
+    @classmethod
+    def deferred(cls, source: torch.Tensor, normalise: Callable[[torch.Tensor], torch.Tensor],
+                 features: Sequence[torch.Tensor]) -> Batch:
+        """A batch whose ``images`` are ``normalise(source)``, made on first access (``source``: the uint8
+        images (B,3,H,W) as loaded)."""
+        batch = cls.__new__(cls)
+        batch._set(images=None, source=source, normalise=normalise, features=features,
+                   size=(int(source.shape[-2]), int(source.shape[-1])))
+        return batch
+
+    def _set(self, images: torch.Tensor | None, source: torch.Tensor | None,
+             normalise: Callable[[torch.Tensor], torch.Tensor] | None, features: Sequence[torch.Tensor],
+             size: tuple[int, int]) -> None:
+        for name, value in (("_images", images), ("_source", source), ("_normalise", normalise),
+                            ("features", tuple(features)), ("image_size", size)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def images(self) -> torch.Tensor:
+        if self._images is None:
+            object.__setattr__(self, "_images", self._normalise(self._source))  # type: ignore[misc]
+            object.__setattr__(self, "_source", None)
+        return self._images
+
+    @property
+    def materialised(self) -> torch.Tensor | None:
+        """The normalised images if they exist already (no copy is made), else None."""
+        return self._images
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Batch is immutable: cannot set {name!r}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:  # copy.copy, pickle
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
 
     def __len__(self) -> int:
-        return int(self.images.shape[0])
+        source = self._images if self._images is not None else self._source
+        return int(source.shape[0])
 
 
 @dataclass
@@ -81,6 +132,9 @@ class Method(abc.ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    # False: observe and score read only a batch's features and image_size, never its pixels, so the runner
+    # makes no normalised copy of the images on the device (True: ``Batch.images`` is made before each call)
+    needs_images: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Config:
@@ -217,6 +271,22 @@ def config_defaults(cls: type[Method]) -> dict[str, Any]:
         value = getattr(cls.Config(), f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def config_identity(config: Any) -> dict[str, Any]:
+    """A method config's hyperparameters as they enter a run's identity, as plain values (tuples become lists):
+    every field, except one marked :data:`OMIT_AT_DEFAULT` while it has its default."""
+    values = dataclasses.asdict(config)
+    return {f.name: _plain(values[f.name]) for f in dataclasses.fields(config)
+            if not (f.metadata.get("oadbench_omit_at_default") and values[f.name] == f.default)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def build_config(cls: type[Method], values: Mapping[str, Any]) -> Any:

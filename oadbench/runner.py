@@ -11,6 +11,10 @@ image whose features another run already extracted is read instead of extracted,
 counts the images passed through the backbone, ``cost.feature_store_hits`` those read from the store,
 ``data.distinct_images`` the distinct ones: the first two add up to the third. The store changes nothing but cost.
 
+Devices: a CUDA run is its own record (its device type and numeric settings are part of its identity; a CPU run's
+identity has none, so CPU records keep their names), runs with deterministic algorithms, a fixed cuBLAS workspace
+and TF32 off unless ``precision=tf32``, and warms the device up before the meters start (:mod:`oadbench.devices`).
+
 Records and bad input: a ConfigError / DataError / WeightsUnavailableError (bad input) never leaves a record; any
 other failure after the run started writes ``status: failed`` with the error — unless a finished record of the
 same run exists, which is never overwritten by a failure.
@@ -35,6 +39,7 @@ import numpy as np
 import torch
 
 import oadbench
+from oadbench import devices
 from oadbench.claims import RunClaim
 from oadbench.cost import CostMeter
 from oadbench.data import CategoryData, ImageTransform, Sample, get_dataset
@@ -42,7 +47,7 @@ from oadbench.errors import ConfigError, DataError, MethodError, WeightsUnavaila
 from oadbench.extraction import FeatureSource
 from oadbench.feature_store import FEATURE_DEFAULTS
 from oadbench.features import DEFAULT_BACKBONE
-from oadbench.method import Batch, Method, MethodContext, build_config, get_method
+from oadbench.method import Batch, Method, MethodContext, build_config, config_identity, get_method
 from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS, image_metrics, pixel_metrics, summarise_curve
 from oadbench.protocol import ProtocolSpec
 from oadbench.results import (
@@ -65,7 +70,7 @@ MAPS_PX = 128  # side of the anomaly maps saved beside a record
 
 INPUT_ERRORS = (ConfigError, DataError, WeightsUnavailableError)
 RUN_KEYS = ("protocol", "method", "dataset", "backbone", "image_size", "center_crop", "seed", "device",
-            "results_dir", "force", "wandb", "progress", "threads", "features")
+            "precision", "results_dir", "force", "wandb", "progress", "threads", "features")
 
 
 @dataclass
@@ -146,7 +151,8 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         crop = check_int(crop, "center_crop", lo=16)
         if crop > image_size:
             raise ConfigError("center_crop", f"must be <= image_size ({image_size}), got {crop}")
-    device = _device(str(cfg.get("device", "cpu")))
+    device = devices.resolve_device(str(cfg.get("device", "cpu")))
+    precision = devices.check_precision(cfg.get("precision", devices.DEFAULT_PRECISION), device)
 
     bcfg = dict(cfg.get("backbone") or {})
     for key in bcfg:
@@ -175,12 +181,15 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
     dataset_identity = {"name": loader.name, "categories": categories, "options": options}
     identity = {
         "protocol": spec.to_dict(),
-        "method": {"name": method_cls.name, **_plain(dataclasses.asdict(method_config))},
+        "method": {"name": method_cls.name, **config_identity(method_config)},
         "dataset": dataset_identity,
         "backbone": backbone,
         "input": {"image_size": image_size, "center_crop": crop},
         "seed": seed,
     }
+    numeric = devices.numeric_identity(device, precision)
+    if numeric is not None:  # only off the CPU: CPU identities, and so the names of CPU records, stay as they were
+        identity["device"] = numeric
     run_hash = identity_hash(identity)
     results_dir = Path(str(cfg.get("results_dir", "results"))).expanduser()
     category_label = categories[0] if len(categories) == 1 else "+".join(categories)
@@ -194,6 +203,7 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         "center_crop": crop,
         "seed": seed,
         "device": str(device),
+        "precision": precision,
         "results_dir": str(results_dir),
         "force": force,
         "wandb": wandb_cfg,
@@ -271,17 +281,31 @@ class Execution:
         if self.cfg["threads"]:
             torch.set_num_threads(self.cfg["threads"])
         torch.manual_seed(self.cfg["seed"])
-        self.meter = CostMeter(p.device)
+        self._batch: Batch | None = None  # the batch the method is working on (its memory is the runner's)
+        self.meter = CostMeter(p.device, resident=self._resident_bytes)
         self.features = FeatureSource(self.cfg["backbone"], p.method_cls.feature_levels(p.method_config),
                                       self.cfg["features"], p.device, self.cfg["image_size"], self.cfg["center_crop"],
                                       self.meter)
+        self.eval_sets: dict[int, EvalSet] = {}
+        # CUDA: the device's one-off start-up before any meter, and before the method exists (its state is its own)
+        sizes = {self.spec.stream.batch_size, self.spec.evaluation.batch_size}
+        self.meter.start(devices.warm_up(p.device, self.features.backbone, self.cfg["image_size"], sizes)
+                         if p.device.type == "cuda" else None)
         info = self.features.info
         context = MethodContext(
             mode=self.spec.training, device=p.device, seed=self.cfg["seed"],
             image_size=p.transform.output_size, backbone=info.name, channels=info.channels, strides=info.strides,
         )
         self.method = p.method_cls(p.method_config, context)
-        self.eval_sets: dict[int, EvalSet] = {}
+
+    def _resident_bytes(self) -> int:
+        """Bytes the runner holds on the device: backbone weights, evaluation features, the current batch."""
+        held: list[torch.Tensor | None] = [*self.features.backbone.parameters(), *self.features.backbone.buffers()]
+        for es in [*self.eval_sets.values(), *self._drifted.values()]:
+            held += es.features
+        if self._batch is not None:
+            held += [*self._batch.features, self._batch.materialised]
+        return devices.device_bytes(held, self.prep.device)
 
     # ---- data ---------------------------------------------------------------------------------------------
 
@@ -390,7 +414,16 @@ class Execution:
             feats = [f.index_select(0, rows.to(f.device)) for f in es.features]
         else:
             feats = self._extract(t, idx, images, "backbone_stream", states)
-        return Batch(self.features.normalise(images), tuple(feats))
+        return self._make_batch(images, feats)
+
+    def _make_batch(self, images: torch.Tensor, feats: Sequence[torch.Tensor]) -> Batch:
+        """The method's view of uint8 ``images`` and their features; the normalised images are made now only for
+        a method that reads them (``needs_images``), else never unless it reads them after all."""
+        if self.prep.method_cls.needs_images:
+            self._batch = Batch(self.features.normalise(images), feats)
+        else:
+            self._batch = Batch.deferred(images, self.features.normalise, feats)
+        return self._batch
 
     # ---- evaluation ---------------------------------------------------------------------------------------
 
@@ -403,7 +436,7 @@ class Execution:
         bs = self.spec.evaluation.batch_size
         scores, maps = [], []
         for s in range(0, len(es.indices), bs):
-            batch = Batch(self.features.normalise(es.images[s:s + bs]), tuple(f[s:s + bs] for f in es.features))
+            batch = self._make_batch(es.images[s:s + bs], [f[s:s + bs] for f in es.features])
             with self.meter.measure("score", len(batch)):
                 out = self.method.score(batch)
             self._check_finite(out.image, out.maps)
@@ -571,6 +604,10 @@ class Execution:
     # ---- the whole run ------------------------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
+        with devices.numeric_mode(self.prep.device, self.cfg["precision"]):  # before the run's first kernel
+            return self._execute()
+
+    def _execute(self) -> dict[str, Any]:
         p = self.prep
         started = datetime.now(timezone.utc)
         t0 = time.perf_counter()
@@ -652,7 +689,7 @@ class Execution:
             "status": "running",
             "config": p.config,
             "identity": p.identity,
-            "env": _environment(p.device),
+            "env": _environment(p.device, self.cfg["precision"]),
             "backbone": dataclasses.asdict(self.features.info),
             "data": {
                 "dataset": p.identity["dataset"]["name"],
@@ -796,7 +833,7 @@ def _flat_cost(cost: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
+def _environment(device: torch.device, precision: str = devices.DEFAULT_PRECISION) -> dict[str, Any]:
     import timm
 
     env: dict[str, Any] = {
@@ -811,9 +848,7 @@ def _environment(device: torch.device) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "git_commit": _git_commit(),
     }
-    if device.type == "cuda":
-        env["device_name"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
+    env.update(devices.numeric_environment(device, precision))  # CUDA: the device and the numeric settings
     return env
 
 
@@ -853,21 +888,6 @@ def _features_config(value: Any) -> dict[str, Any]:
     return out
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError("device", f"{name!r} is not a device", allowed=["cpu", "cuda", "cuda:N"]) from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name!r} requested but CUDA is not available on this machine",
-                          allowed=["cpu"])
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError("device", f"{name!r} is not supported", allowed=["cpu", "cuda", "cuda:N"])
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
-
-
 def _mapping(cfg: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = cfg.get(key)
     if not isinstance(value, Mapping):
@@ -879,14 +899,6 @@ def _str(cfg: Mapping[str, Any], key: str, label: str) -> str:
     value = cfg.get(key)
     if not isinstance(value, str) or not value:
         raise ConfigError(label, f"must be a non-empty string, got {value!r}")
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
     return value
 
 

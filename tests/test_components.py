@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -13,15 +15,18 @@ from oadbench.components import (
     coordinate_channels,
     gaussian_blur,
     greedy_kcenter,
+    kmeans,
     nearest_neighbours,
     project,
 )
+from tests.devices import DEVICES, HostSyncs
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("projection_dim", [None, 8])
-def test_kcenter_selects_the_farthest_point_each_step(projection_dim):
+def test_kcenter_selects_the_farthest_point_each_step(projection_dim, device):
     x = torch.randn(400, 16, generator=torch.Generator().manual_seed(1))
-    selected = greedy_kcenter(x, 40, seed=3, projection_dim=projection_dim).tolist()
+    selected = greedy_kcenter(x.to(device), 40, seed=3, projection_dim=projection_dim).tolist()
     assert len(set(selected)) == 40
     # the distances the selection uses: the same projection, recomputed independently in float64
     z = project(x, projection_dim, torch.Generator().manual_seed(3)).double() if projection_dim else x.double()
@@ -39,6 +44,58 @@ def test_kcenter_is_deterministic_by_seed_and_covers_clusters():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert sorted(int(i) // 50 for i in a) == [0, 1, 2, 3, 4]  # one point per well-separated cluster
     assert torch.equal(greedy_kcenter(x, 1000), torch.arange(250))
+
+
+def straightforward_kcenter(features: torch.Tensor, k: int, seed: int, projection_dim: int | None) -> torch.Tensor:
+    """Greedy k-center as a plain loop that reads each selected index back to the host: the same projection,
+    storage and float operations, one ``int(argmax)`` per step."""
+    gen = torch.Generator().manual_seed(seed)
+    x = project(features, projection_dim, gen)
+    sq = (x * x).sum(1)
+    x = x.T.contiguous().T
+    chosen = [int(torch.randint(x.shape[0], (1,), generator=gen))]
+    min_dist = (torch.addmv(sq, x, x[chosen[0]].contiguous(), alpha=-2.0) + sq[chosen[0]]).clamp_min(0.0)
+    min_dist[chosen[0]] = -1.0
+    while len(chosen) < k:
+        j = int(torch.argmax(min_dist))
+        chosen.append(j)
+        d = torch.addmv(sq, x, x[j].contiguous(), alpha=-2.0) + sq[j]
+        min_dist = torch.minimum(min_dist, d)
+        min_dist[j] = -1.0
+    return torch.tensor(chosen)
+
+
+@pytest.mark.parametrize("projection_dim", [None, 16, 128])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kcenter_selects_bit_for_bit_what_the_per_step_loop_selects(projection_dim, seed):
+    x = torch.randn(2500, 200, generator=torch.Generator().manual_seed(seed)) * torch.rand(200)
+    assert torch.equal(greedy_kcenter(x, 250, seed=seed, projection_dim=projection_dim),
+                       straightforward_kcenter(x, 250, seed, projection_dim))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kcenter_on_exact_data_is_the_naive_definition_with_lowest_index_ties(device):
+    """Small integer features: every distance is exact in float32 whatever the formula and the device, and ties
+    are many, so the selection must be the textbook loop's to the last index (ties: the lowest index)."""
+    x = torch.randint(-3, 4, (300, 5), generator=torch.Generator().manual_seed(4)).float()
+    k = 40
+    chosen = [int(torch.randint(300, (1,), generator=torch.Generator().manual_seed(9)))]
+    for _ in range(k - 1):
+        d = torch.stack([((x - x[c]) ** 2).sum(1) for c in chosen]).min(0).values
+        d[chosen] = -1.0
+        best = float(d.max())
+        chosen.append(min(i for i in range(300) if float(d[i]) == best))
+    assert greedy_kcenter(x.to(device), k, seed=9, projection_dim=None).cpu().tolist() == chosen
+
+
+def test_kcenter_makes_no_host_sync_per_step():
+    x = torch.randn(600, 24, generator=torch.Generator().manual_seed(0))
+    counts = []
+    for k in (5, 80):
+        with HostSyncs() as syncs:
+            greedy_kcenter(x, k, seed=1, projection_dim=8)
+        counts.append(syncs.total)
+    assert counts[0] == counts[1] <= 1  # the CPU generator's first index, whatever k
 
 
 @pytest.mark.parametrize("k", [1, 3, 9])
@@ -76,12 +133,11 @@ def test_gaussian_blur_matches_scipy_and_concat_levels_shapes():
     torch.testing.assert_close(out[:, :3, 5, 5], feats[0][:, :, 4:7, 4:7].mean((2, 3)))
 
 
-def test_kmeans_recovers_separated_clusters_deterministically():
-    from oadbench.components import kmeans
-
+@pytest.mark.parametrize("device", DEVICES)
+def test_kmeans_recovers_separated_clusters_deterministically(device):
     g = torch.Generator().manual_seed(2)
     centres = torch.randn(4, 6, generator=g) * 10
-    x = torch.cat([c + 0.1 * torch.randn(30, 6, generator=g) for c in centres])
+    x = torch.cat([c + 0.1 * torch.randn(30, 6, generator=g) for c in centres]).to(device)
     found, labels = kmeans(x, 4, seed=0)
     again, labels2 = kmeans(x, 4, seed=0)
     assert torch.equal(found, again) and torch.equal(labels, labels2)
@@ -92,3 +148,53 @@ def test_kmeans_recovers_separated_clusters_deterministically():
         torch.testing.assert_close(found[j], x[labels == j].mean(0), rtol=1e-5, atol=1e-5)
     few, few_labels = kmeans(x[:3], 5)
     assert few.shape == (5, 6) and few_labels.tolist() == [0, 1, 2]
+
+
+def straightforward_kmeans(x: torch.Tensor, k: int, seed: int, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k-means++ then Lloyd, testing convergence after every iteration, cluster sizes by ``bincount``."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def sq_dist(a, c):
+        return (a.pow(2).sum(1, keepdim=True) + c.pow(2).sum(1) - 2.0 * a @ c.T).clamp_min_(0.0)
+
+    centroids = torch.empty(k, x.shape[1])
+    centroids[0] = x[int(torch.randint(x.shape[0], (1,), generator=gen))]
+    closest = sq_dist(x, centroids[:1]).squeeze(1)
+    for i in range(1, k):
+        weights = closest.clamp_min(0).double()
+        pick = (int(torch.randint(x.shape[0], (1,), generator=gen)) if float(weights.sum()) <= 0
+                else int(torch.multinomial(weights, 1, generator=gen)))
+        centroids[i] = x[pick]
+        closest = torch.minimum(closest, sq_dist(x, centroids[i:i + 1]).squeeze(1))
+    labels = sq_dist(x, centroids).argmin(1)
+    for _ in range(iters):
+        sums = torch.zeros_like(centroids).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).unsqueeze(1)
+        centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+        new_labels = sq_dist(x, centroids).argmin(1)
+        if torch.equal(new_labels, labels):
+            break
+        labels = new_labels
+    return centroids, labels
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kmeans_results_do_not_depend_on_how_often_convergence_is_tested(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(int(torch.randint(30, 400, (1,), generator=g)), 7, generator=g)
+    k = int(torch.randint(2, 12, (1,), generator=g))
+    for iters in (1, 3, 50):  # the cap reached, and convergence
+        ref = straightforward_kmeans(x, k, seed, iters)
+        for every in (None, 1, 3, 8, 64):
+            got = kmeans(x, k, seed=seed, iters=iters, check_every=every)
+            assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), (iters, every)
+
+
+def test_kmeans_tests_convergence_every_check_every_iterations_and_never_bincounts():
+    x = torch.randn(500, 6, generator=torch.Generator().manual_seed(3))
+    with HostSyncs() as every:
+        kmeans(x, 5, seed=0, iters=40, check_every=1)
+    with HostSyncs() as sparse:
+        kmeans(x, 5, seed=0, iters=40, check_every=8)
+    assert every.ops["aten.equal"] > 8 and sparse.ops["aten.equal"] <= math.ceil(every.ops["aten.equal"] / 8)
+    assert "aten.bincount" not in every.ops and every.ops["cpu"] == 4  # one read per k-means++ centre after the first

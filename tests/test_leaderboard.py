@@ -156,3 +156,55 @@ def test_drift_tables_have_the_initial_state_and_the_drop_against_the_run_withou
     assert drift["mean"]["drop_image_auroc"] == row["drop_image_auroc"]
     text = (out / "README.md").read_text()
     assert "initial image AUROC | drop vs no drift" in text and "0.850" in text
+
+
+def gpu_record(method: str, category: str, seed: int, value: float, run_id: str, precision: str = "fp32") -> dict:
+    rec = make_record(method, category, seed, {m: value for m in METRICS}, run_id=run_id)
+    rec["config"]["device"] = "cuda:0"
+    rec["identity"] = {"method": {"name": method}, "seed": seed,
+                       "device": {"type": "cuda", "precision": precision, "deterministic": True}}
+    rec["cost"].update({"cuda_peak_mb": 900.0 + seed, "cuda_method_peak_mb": 300.0 + seed,
+                        "cuda_features_peak_mb": 500.0})
+    return rec
+
+
+def test_gpu_records_are_keyed_apart_from_cpu_records_and_show_their_gpu_memory(fixture_records, tmp_path):
+    root, values = fixture_records
+    plain = tmp_path / "plain"
+    compile_leaderboards(root, plain)
+    for seed in (0, 1):
+        write_record(root / "gpu" / f"capsule-{seed}.json", gpu_record("padim", "capsule", seed, 0.6, f"gpu-{seed}"))
+    out = tmp_path / "lb"
+    compile_leaderboards(root, out)
+    rows = read_csv(out / "online_cold_start" / "synthetic.csv")
+    assert [(r["method"], r["device"], r["category"]) for r in rows] == [
+        ("lemo", "cpu", "capsule"), ("lemo", "cpu", "fabric"), ("lemo", "cpu", "mean"),
+        ("padim", "cpu", "capsule"), ("padim", "cpu", "fabric"), ("padim", "cpu", "mean"),
+        ("padim", "cuda", "capsule"), ("padim", "cuda", "mean")]
+    cpu_row, gpu_row = rows[3], rows[6]
+    # the CPU cell is exactly what it was without the GPU records: nothing was averaged across devices
+    before = {r["category"]: r for r in read_csv(plain / "online_cold_start" / "synthetic.csv")
+              if r["method"] == "padim"}
+    assert {k: v for k, v in cpu_row.items() if k != "device" and not k.startswith("cuda")} == before["capsule"]
+    assert cpu_row["cuda_peak_mb"] == cpu_row["cuda_method_peak_mb"] == ""
+    assert gpu_row["n_runs"] == "2" and gpu_row["seeds"] == "0 1" and gpu_row["image_auroc_mean"] == "0.6000"
+    assert float(gpu_row["cuda_peak_mb"]) == 900.5 and float(gpu_row["cuda_method_peak_mb"]) == 300.5
+    assert float(gpu_row["cuda_features_peak_mb"]) == 500.0
+    md = (out / "README.md").read_text()
+    assert "| method | backbone | device | category |" in md and "| 300 / 900 |" in md and "| – / – |" in md
+
+
+def test_tables_without_gpu_records_keep_their_columns(fixture_records, tmp_path):
+    root, _ = fixture_records
+    compile_leaderboards(root, tmp_path / "lb")
+    header = (tmp_path / "lb" / "online_cold_start" / "synthetic.csv").read_text().splitlines()[0]
+    assert "device" not in header and "cuda" not in header
+    assert "| method | backbone | category |" in (tmp_path / "lb" / "README.md").read_text()
+
+
+def test_two_gpu_configurations_in_one_cell_are_an_error_naming_both_files(tmp_path):
+    root = tmp_path / "records"
+    write_record(root / "a.json", gpu_record("padim", "capsule", 0, 0.9, "one", precision="fp32"))
+    write_record(root / "b.json", gpu_record("padim", "capsule", 0, 0.8, "two", precision="tf32"))
+    with pytest.raises(DataError, match=r"padim/tf_efficientnet_lite0/cuda/capsule seed 0.*a\.json.*b\.json"):
+        compile_leaderboards(root, tmp_path / "lb")

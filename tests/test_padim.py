@@ -6,63 +6,67 @@ import numpy as np
 import pytest
 import torch
 
-from oadbench.method import Batch, MethodContext, build_config, get_method
+from oadbench.errors import ConfigError
+from oadbench.method import Batch, MethodContext, build_config, config_identity, get_method
+from tests.devices import DEVICES
 
 CHANNELS, STRIDES, SIZE = (24, 40, 112), (4, 8, 16), 64
 
 
-def make(mode: str, **cfg):
+def make(mode: str, device: str = "cpu", **cfg):
     cls = get_method("padim")
-    ctx = MethodContext(mode, torch.device("cpu"), seed=0, image_size=SIZE, backbone="test", channels=CHANNELS,
+    ctx = MethodContext(mode, torch.device(device), seed=0, image_size=SIZE, backbone="test", channels=CHANNELS,
                         strides=STRIDES)
     return cls(build_config(cls, cfg), ctx)
 
 
-def batches(n: int, sizes: list[int], seed: int = 0):
+def batches(n: int, sizes: list[int], seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
-    feats = [torch.randn(n, c, SIZE // s, SIZE // s, generator=g) * (1 + i) + i
+    feats = [(torch.randn(n, c, SIZE // s, SIZE // s, generator=g) * (1 + i) + i).to(device)
              for i, (c, s) in enumerate(zip(CHANNELS, STRIDES, strict=True))]
-    images = torch.zeros(n, 3, SIZE, SIZE)
+    images = torch.zeros(n, 3, SIZE, SIZE, device=device)
     pos = 0
     for b in sizes:
         yield Batch(images[pos:pos + b], tuple(f[pos:pos + b] for f in feats))
         pos += b
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_online_and_offline_statistics_agree_whatever_the_batch_sizes(seed):
+def test_online_and_offline_statistics_agree_whatever_the_batch_sizes(seed, device):
     rng = np.random.default_rng(seed)
     sizes = [int(s) for s in rng.integers(1, 6, size=8)]
     n = sum(sizes)
-    online, offline = make("online", n_features=32), make("offline", n_features=32)
-    for b in batches(n, sizes, seed):
+    online, offline = make("online", device, n_features=32), make("offline", device, n_features=32)
+    for b in batches(n, sizes, seed, device):
         online.observe(b)
-    for b in batches(n, [n], seed):  # offline sees everything in one batch
+    for b in batches(n, [n], seed, device):  # offline sees everything in one batch
         offline.observe(b)
     n1, m1, c1 = online.statistics()
     n2, m2, c2 = offline.statistics()
-    assert n1 == n2 == n
+    assert n1 == n2 == n and m1.dtype == c1.dtype == torch.float64 and m1.device.type == device
     # reference: numpy's unbiased covariance of the same embeddings at a few positions
-    emb = torch.cat([offline.embed(b) for b in batches(n, [n], seed)]).double().numpy()
+    emb = torch.cat([offline.embed(b) for b in batches(n, [n], seed, device)]).double().cpu().numpy()
     for p in (0, 100, emb.shape[1] - 1):
-        np.testing.assert_allclose(m2[p].numpy(), emb[:, p].mean(0), rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(c2[p].numpy(), np.cov(emb[:, p], rowvar=False), rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(m2[p].cpu().numpy(), emb[:, p].mean(0), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(c2[p].cpu().numpy(), np.cov(emb[:, p], rowvar=False), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(m1, m2, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(c1, c2, rtol=1e-8, atol=1e-8)
-    query = next(batches(4, [4], seed + 10))
+    query = next(batches(4, [4], seed + 10, device))
     torch.testing.assert_close(online.score(query).maps, offline.score(query).maps, rtol=1e-4, atol=1e-4)
 
 
-def test_cold_start_scores_are_finite_and_score_does_not_learn():
-    m = make("online")
-    query = next(batches(2, [2], 5))
+@pytest.mark.parametrize("device", DEVICES)
+def test_cold_start_scores_are_finite_and_score_does_not_learn(device):
+    m = make("online", device)
+    query = next(batches(2, [2], 5, device))
     out = m.score(query)
     assert out.image.shape == (2,) and out.maps.shape == (2, SIZE, SIZE)
     assert torch.isfinite(out.image).all() and torch.isfinite(out.maps).all()
-    for b in batches(3, [1, 1, 1]):
+    for b in batches(3, [1, 1, 1], device=device):
         m.observe(b)
     before = m.score(query).maps.clone()
-    m.score(next(batches(2, [2], 9)))
+    m.score(next(batches(2, [2], 9, device)))
     assert m.n == 3
     torch.testing.assert_close(m.score(query).maps, before)
 
@@ -88,3 +92,35 @@ def test_channel_subset_is_fixed_by_seed_and_sized_by_rule():
     assert torch.equal(a.channel_index, b.channel_index)
     assert a.d == 100  # min(C, 100) for a backbone other than R18 / WRN-50
     assert make("online", n_features=7).d == 7
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_float32_statistics_stay_close_to_float64(mode, device):
+    """The documented accuracy of ``stats_dtype=float32`` (benchmarks/bench_padim_float32.py measures it on real
+    features): statistics within 1e-5 relative, maps within 1e-3 relative, the same ranking of the images."""
+    sizes = [1] * 40 + [3] * 20
+    wide, narrow = make(mode, device, n_features=48), make(mode, device, n_features=48, stats_dtype="float32")
+    for b in batches(sum(sizes), sizes, seed=3, device=device):
+        wide.observe(b)
+        narrow.observe(b)
+    (n64, m64, c64), (n32, m32, c32) = wide.statistics(), narrow.statistics()
+    assert n64 == n32 == 100 and m32.dtype == c32.dtype == torch.float32 and c64.dtype == torch.float64
+    rel = float(torch.linalg.norm(c32.double() - c64) / torch.linalg.norm(c64))
+    assert 0 < rel < 1e-5  # float32 rounding, not float64 computed twice
+    torch.testing.assert_close(m32.double(), m64, rtol=1e-5, atol=1e-5)
+    query = next(batches(16, [16], seed=11, device=device))
+    query.features[0][:4, :, 3:6, 3:6] += 3.0  # four anomalous images
+    a, b = wide.score(query), narrow.score(query)
+    torch.testing.assert_close(b.maps, a.maps, rtol=1e-3, atol=1e-4)
+    assert torch.equal(a.image.argsort(), b.image.argsort())
+    assert wide.footprint() - narrow.footprint() == (m64.numel() + c64.numel()) * 4
+
+
+def test_float64_is_the_default_and_stays_out_of_the_identity():
+    cls = get_method("padim")
+    assert config_identity(build_config(cls, {})) == {"layers": [1, 2, 3], "n_features": None, "epsilon": 0.01,
+                                                      "sigma": 4.0}
+    assert config_identity(build_config(cls, {"stats_dtype": "float32"}))["stats_dtype"] == "float32"
+    with pytest.raises(ConfigError, match="method.stats_dtype"):
+        build_config(cls, {"stats_dtype": "float16"})

@@ -18,6 +18,7 @@ from oadbench.protocol import load_protocol
 from oadbench.results import read_record
 from oadbench.runner import Execution, prepare, run
 from tests.conftest import SMALL, small_run
+from tests.devices import DEVICES
 
 METRICS = ["image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro"]
 
@@ -70,16 +71,21 @@ def test_finished_run_is_skipped_unless_forced(tmp_path):
     assert len(records_in(tmp_path)) == 1
 
 
-def test_same_config_and_seed_give_identical_results(tmp_path):
-    a = run(small_run(tmp_path / "a", "protocol=online_contaminated", "protocol.stream.contamination=0.1"))
-    b = run(small_run(tmp_path / "b", "protocol=online_contaminated", "protocol.stream.contamination=0.1"))
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_config_and_seed_give_identical_results(tmp_path, device):
+    # on CUDA without the feature store, so that the backbone itself is run (and must repeat) twice
+    extra = [f"device={device}", *(["features.cache=false"] if device != "cpu" else [])]
+    a = run(small_run(tmp_path / "a", "protocol=online_contaminated", "protocol.stream.contamination=0.1", *extra))
+    b = run(small_run(tmp_path / "b", "protocol=online_contaminated", "protocol.stream.contamination=0.1", *extra))
     for key in ("checkpoints", "final", "summary", "data", "id", "identity"):
         assert a[key] == b[key], key
+    assert ("device" in a["identity"]) is (device != "cpu")
     c = run(small_run(tmp_path / "c", "protocol=online_contaminated", "protocol.stream.contamination=0.1",
-                      "seed=1"))
+                      "seed=1", *extra))
     assert c["data"]["stream_digest"] != a["data"]["stream_digest"]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("protocol,extra", [
     ("offline", []),
     ("online_contaminated", ["protocol.stream.contamination=0.1", "protocol.stream.overlap=true"]),
@@ -87,8 +93,8 @@ def test_same_config_and_seed_give_identical_results(tmp_path):
     ("few_shot", ["protocol.warmup.k=2"]),
     ("continual", ["protocol.categories=[fabric,washer]"]),
 ])
-def test_every_protocol_runs(tmp_path, protocol, extra):
-    record = run(small_run(tmp_path, f"protocol={protocol}", *extra))
+def test_every_protocol_runs(tmp_path, protocol, extra, device):
+    record = run(small_run(tmp_path, f"protocol={protocol}", f"device={device}", *extra))
     assert record["status"] == "finished"
     assert record["checkpoints"] and all(np.isfinite(record["final"][m]) for m in METRICS)
     cost = record["cost"]
@@ -213,7 +219,7 @@ def _mvtec_run(results_dir: Path, root: Path, category: str) -> dict:
 
 
 def test_prepare_rejects_bad_top_level_values(tmp_path):
-    for override, key in [("device=tpu", "device"), ("image_size=8", "image_size"),
+    for override, key in [("device=tpu", "device"), ("image_size=8", "image_size"), ("precision=tf32", "precision"),
                           ("wandb.mode=sometimes", "wandb.mode"), ("center_crop=512", "center_crop")]:
         with pytest.raises(ConfigError) as err:
             prepare(small_run(tmp_path, override))
