@@ -41,6 +41,14 @@ from oadbench.results import FINISHED, iter_records
 METRIC = "image_auroc"
 
 
+def method_label(record: Mapping[str, Any]) -> str:
+    """The method's name, with the device type for runs off the CPU (``padim (cuda)``): the figures, like the
+    leaderboards, never mix CPU and GPU runs in one line or bar."""
+    name = str(record["config"]["method"]["name"])
+    device = str(record["config"].get("device", "cpu")).split(":")[0]
+    return name if device == "cpu" else f"{name} ({device})"
+
+
 def _save(fig: Any, out: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("pdf", "png"):
@@ -109,13 +117,13 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
     file_ratios = file_contaminations()
     for r in records:
         groups[table_of(r, file_ratios)].append(r)
-    methods = sorted({r["config"]["method"]["name"] for r in records})
+    methods = sorted({method_label(r) for r in records})
     palette = dict(zip(methods, sns.color_palette("tab10", len(methods)), strict=True))
 
     for (protocol, dataset), runs in sorted(groups.items()):
         by_method: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
         for r in runs:
-            by_method[r["config"]["method"]["name"]].append(r)
+            by_method[method_label(r)].append(r)
 
         # learning curves
         if any(r["config"]["protocol"].get("training") == "online" and len(r["checkpoints"]) > 1 for r in runs):
@@ -134,7 +142,7 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
                                "image AUROC", "observed images")
 
         # per-category bars
-        rows = [{"method": r["config"]["method"]["name"], "category": r["config"]["dataset"]["category"],
+        rows = [{"method": method_label(r), "category": r["config"]["dataset"]["category"],
                  "value": r["final"].get(METRIC)} for r in runs if r["final"].get(METRIC) is not None]
         if rows:
             import pandas as pd
@@ -207,9 +215,9 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
         if len(ratios) < 2:
             continue
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
-        for method in sorted({r["config"]["method"]["name"] for r in runs}):
+        for method in sorted({method_label(r) for r in runs}):
             xs, means, stds = _over_seeds(
-                (100 * ratio, [r for r in runs if r["config"]["method"]["name"] == method
+                (100 * ratio, [r for r in runs if method_label(r) == method
                                and float(r["config"]["protocol"]["stream"]["contamination"]) == ratio],
                  lambda r: r["final"].get(METRIC)) for ratio in sorted(ratios))
             ax.errorbar(xs, means, yerr=stds, marker="o", ms=3, capsize=2, label=method, color=palette[method])
@@ -306,7 +314,7 @@ def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette
         if not name or not (path.parent / name).is_file():
             continue
         key = (*table_of(r, file_ratios), str(r["config"]["dataset"]["category"]))
-        method, seed = r["config"]["method"]["name"], int(r["config"]["seed"])
+        method, seed = method_label(r), int(r["config"]["seed"])
         if method not in cells[key] or seed < cells[key][method][0]:
             cells[key][method] = (seed, path.parent / name)
     written: list[Path] = []

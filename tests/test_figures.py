@@ -85,3 +85,11 @@ def test_figs_draws_the_drift_figure_for_drift_protocols(tmp_path):
     assert main(["figs", str(root), "--out", str(out)]) == 0
     assert (out / "drift_online_drift_synthetic.png").stat().st_size > 1000
     assert (out / "drift_online_drift_synthetic.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_figures_keep_gpu_runs_apart_from_cpu_runs():
+    from oadbench.figures import method_label
+
+    assert method_label({"config": {"method": {"name": "padim"}, "device": "cuda:1"}}) == "padim (cuda)"
+    assert method_label({"config": {"method": {"name": "padim"}, "device": "cpu"}}) == "padim"
+    assert method_label({"config": {"method": {"name": "padim"}}}) == "padim"  # records before devices existed
