@@ -156,6 +156,7 @@ def effective_rank(z: torch.Tensor) -> float:
 @register_method("lemo")
 class LeMO(Method):
     description = "learnable memory from orthogonal noise, contrastive loss, fully online (Gao et al., 2023)"
+    needs_images = False  # features and image_size only
 
     @dataclass(frozen=True)
     class Config:
@@ -429,7 +430,7 @@ class LeMO(Method):
             self.adapter.train(was_training)
         d = torch.topk(self._distances(z, self._prototypes()), self.config.score_k, dim=1, largest=False).values
         patch = torch.softmax(-d, dim=1)[:, 0] * d[:, 0]
-        maps = upsample_maps(patch.view(n, h, w), tuple(batch.images.shape[-2:]), self.config.sigma)
+        maps = upsample_maps(patch.view(n, h, w), batch.image_size, self.config.sigma)
         return Scores(image=maps.flatten(1).amax(1), maps=maps)
 
     @torch.no_grad()
