@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Re-runs the published grid into leaderboards/records (finished runs are skipped, so it resumes).
 #
-#   MTD_ROOT=<folder of Magnetic Tile Defects> leaderboards/run_grid.sh [LANES]
+#   MTD_ROOT=<folder of Magnetic Tile Defects> MVTEC_ROOT=<folder of MVTec AD> leaderboards/run_grid.sh [LANES]
 #
 # LANES (default 2) processes share the work through run claims: lane i walks the grid in its own order and
 # skips any run another lane has claimed or finished. Each lane uses one torch thread.
@@ -11,14 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${MTD_ROOT:?set MTD_ROOT to the Magnetic Tile Defects folder}"
+: "${MVTEC_ROOT:?set MVTEC_ROOT to the MVTec AD folder (the grid uses its transistor category)}"
 LANES=${1:-2}
 
 COMMON=(image_size=128 threads=1 wandb.mode=disabled progress=false results_dir=leaderboards/records)
 SYN=(dataset=synthetic dataset.root=.cache/synthetic dataset.category=all)
 MTD=(dataset=mtd "dataset.root=$MTD_ROOT")
+MVT=(dataset=mvtec "dataset.root=$MVTEC_ROOT" dataset.category=transistor)
 ALL=padim,patchcore,cfa,lemo
 SYN_CK='protocol.evaluation.checkpoints=[0,1,2,5,10,20,50]'
-MTD_CK='protocol.evaluation.checkpoints=[0,5,20,50,200]'
+MTD_CK='protocol.evaluation.checkpoints=[0,5,20,50,200]'  # also MVTec AD transistor's
 
 # one sweep per line: dataset key, then overrides (methods and seeds are appended per lane)
 GRID=(
@@ -35,6 +37,21 @@ GRID=(
   "SYN protocol=offline @padim,patchcore,lemo"
   "SYN protocol=few_shot protocol.warmup.k=1,2,4,8"
   "SYN protocol=online_prequential"
+  "MVT protocol=online_cold_start $MTD_CK"
+  "MVT protocol=online_contaminated $MTD_CK"
+  "MVT protocol=offline method.epochs=10 @cfa"
+  "MVT protocol=offline @padim,patchcore,lemo"
+  "MVT protocol=few_shot protocol.warmup.k=1,2,4,8"
+  "MVT protocol=online_prequential"
+  "SYN protocol=online_drift $SYN_CK"
+  "SYN protocol=offline_drift method.epochs=10 @cfa"
+  "SYN protocol=offline_drift @padim,patchcore,lemo"
+  "MTD protocol=online_drift $MTD_CK"
+  "MTD protocol=offline_drift method.epochs=10 @cfa"
+  "MTD protocol=offline_drift @padim,patchcore,lemo"
+  "MVT protocol=online_drift $MTD_CK"
+  "MVT protocol=offline_drift method.epochs=10 @cfa"
+  "MVT protocol=offline_drift @padim,patchcore,lemo"
 )
 
 lane() {  # lane index: even lanes walk the grid forwards, odd lanes backwards with seeds and methods reversed
@@ -47,6 +64,7 @@ lane() {  # lane index: even lanes walk the grid forwards, odd lanes backwards w
     read -r -a words <<< "$line"
     local data=("${MTD[@]}") methods=$ALL args=()
     [[ ${words[0]} == SYN ]] && data=("${SYN[@]}")
+    [[ ${words[0]} == MVT ]] && data=("${MVT[@]}")
     for w in "${words[@]:1}"; do
       if [[ $w == @* ]]; then methods=${w#@}; else args+=("$w"); fi
     done
