@@ -9,6 +9,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import types
 
 import pytest
@@ -19,7 +20,7 @@ from oadbench import devices
 from oadbench.cost import CostMeter
 from oadbench.errors import ConfigError
 from oadbench.feature_store import numerics
-from oadbench.method import Batch, MethodContext, build_config, get_method
+from oadbench.method import Batch, MethodContext, build_config, discover_methods, get_method
 from oadbench.protocol import load_protocol
 from oadbench.results import identity_hash
 from oadbench.runner import Execution, prepare, run
@@ -272,10 +273,43 @@ def test_a_deferred_batch_normalises_once_and_only_when_read():
     assert len(eager) == 3 and eager.image_size == (5, 7) and isinstance(eager.features, tuple)
 
 
-@pytest.mark.parametrize("method,copies", [("padim", False), ("patchcore", False), ("cfa", False), ("lemo", True)])
-def test_the_runner_makes_normalised_images_only_for_methods_that_read_them(tmp_path, monkeypatch, method, copies):
+@pytest.fixture()
+def pixel_reader(tmp_path):
+    """A dropped-in method that scores from the normalised pixels (``needs_images`` left at its default)."""
+    d = tmp_path / "pixel_methods"
+    d.mkdir()
+    (d / "pixel_mean.py").write_text(textwrap.dedent("""
+        from dataclasses import dataclass
+        from oadbench.method import Method, Scores, register_method
+
+        @register_method("pixel_mean_test")
+        class PixelMean(Method):
+            @dataclass(frozen=True)
+            class Config:
+                layers: tuple = (1,)
+
+            def observe(self, batch):
+                pass
+
+            def score(self, batch):
+                x = batch.images
+                return Scores(x.mean(dim=(1, 2, 3)), x.mean(dim=1))
+
+            def footprint(self):
+                return 0
+    """))
+    discover_methods([d])
+    return "pixel_mean_test"
+
+
+@pytest.mark.parametrize("method", ["padim", "patchcore", "cfa", "lemo", "pixels"])
+def test_the_runner_makes_normalised_images_only_for_methods_that_read_them(tmp_path, monkeypatch, method,
+                                                                              request):
     from oadbench.extraction import FeatureSource
 
+    copies = method == "pixels"
+    if copies:
+        method = request.getfixturevalue("pixel_reader")
     calls = []
     original = FeatureSource.normalise
     monkeypatch.setattr(FeatureSource, "normalise", lambda self, x: calls.append(len(x)) or original(self, x))
