@@ -4,8 +4,8 @@ The spec (YAML; ``leaderboards/lemo_ablation/variants.yaml`` is one) names the m
 (label -> dataset overrides), the stages (``screen``: seeds and checkpoint schedule; ``final``: seeds, schedule
 ``null`` = the protocol's own), the ``reference`` configuration, the ``paper`` configuration (overrides of the
 reference) and the ``variants`` (name -> overrides of the reference). A record belongs to a variant when its
-method configuration equals reference + overrides on every key of the reference, and to a stage when its seed
-and its evaluation schedule are the stage's.
+method configuration equals reference + overrides on every key of the reference, and to every stage whose seeds
+hold its seed and whose evaluation schedule is its own.
 
 :func:`compile_ablation` writes ``screen.csv``, ``final.csv`` and ``README.md`` (the same tables in Markdown) and
 the figures ``learning_curves`` (image AUROC vs observed images per data set: the paper's configuration, the
@@ -16,8 +16,10 @@ The rules, as pre-registered in the README's LeMO section:
   one of its runs does (final stage: the mean over seeds at each checkpoint);
 - the screen's top three are the non-collapsing variants with the highest mean over data sets of final image
   AUROC (a variant missing a data set is not ranked);
-- the *selected* variant is the non-collapsing final-stage variant with the highest mean over data sets of the
-  mean over seeds; ties within 0.005 go to the one with fewer configuration values different from the paper's.
+- the final stage holds the screen's top three, the reference and the paper's configuration (records of other
+  variants are left out of it); the *selected* variant is the non-collapsing final-stage variant, with every seed
+  of the stage on every data set, with the highest mean over data sets of the mean over seeds; ties within 0.005
+  go to the one with fewer configuration values different from the paper's.
 """
 
 from __future__ import annotations
@@ -94,14 +96,18 @@ def variant_of(method: Mapping[str, Any], spec: Mapping[str, Any]) -> str | None
     return None
 
 
-def stage_of(record: Mapping[str, Any], spec: Mapping[str, Any], protocol_schedule: Sequence[int] | str) -> str | None:
+def stages_of(record: Mapping[str, Any], spec: Mapping[str, Any], protocol_schedule: Sequence[int] | str
+              ) -> list[str]:
+    """Every stage whose seeds hold the record's seed and whose schedule is the record's (a screen record with
+    seed 0 also counts in a final stage that has seed 0 and the same schedule)."""
     schedule = record["config"]["protocol"]["evaluation"]["checkpoints"]
     seed = int(record["config"]["seed"])
+    out = []
     for name, st in spec["stages"].items():
         wanted = protocol_schedule if st.get("checkpoints") is None else st["checkpoints"]
         if seed in st["seeds"] and _same(schedule, wanted):
-            return name
-    return None
+            out.append(name)
+    return out
 
 
 def collect(records_dir: Path, spec: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Cell]]]:
@@ -118,17 +124,17 @@ def collect(records_dir: Path, spec: Mapping[str, Any]) -> dict[str, dict[str, d
         if r.get("status") != FINISHED or r["config"]["method"]["name"] != spec["method"]:
             continue
         variant = variant_of(r["config"]["method"], spec)
-        stage = stage_of(r, spec, schedule)
         ds = r["config"]["dataset"]
         label = labels.get((ds["name"], str(ds["category"]))) or labels.get((ds["name"], None))
-        if variant is None or stage is None or label is None:
+        if variant is None or label is None:
             continue
-        cell = out[stage][variant].setdefault(label, Cell())
-        seed = int(r["config"]["seed"])
-        cell.curves[seed] = [(int(c["observed"]), float(c["metrics"][METRIC])) for c in r["checkpoints"]
-                             if c["metrics"].get(METRIC) is not None]
-        cell.pixel[seed] = {m: r["final"].get(m) for m in ("pixel_auroc", "aupro")}
-        cell.runs.append(r)
+        for stage in stages_of(r, spec, schedule):
+            cell = out[stage][variant].setdefault(label, Cell())
+            seed = int(r["config"]["seed"])
+            cell.curves[seed] = [(int(c["observed"]), float(c["metrics"][METRIC])) for c in r["checkpoints"]
+                                 if c["metrics"].get(METRIC) is not None]
+            cell.pixel[seed] = {m: r["final"].get(m) for m in ("pixel_auroc", "aupro")}
+            cell.runs.append(r)
     return out
 
 
@@ -158,13 +164,17 @@ def distance_to_paper(name: str, spec: Mapping[str, Any]) -> int:
     return sum(not _same(config[k], paper[k]) for k in paper)
 
 
-def rank(cells: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], per_seed: bool, ties: bool) -> list[str]:
-    """Non-collapsing variants with every data set, best mean first; with ``ties``, those within 0.005 of the best
-    come first in the order of their differences from the paper's configuration (fewer first)."""
+def rank(cells: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], per_seed: bool, ties: bool,
+         seeds: Sequence[int] = ()) -> list[str]:
+    """Non-collapsing variants with every data set (and on each, every one of ``seeds``), best mean first; with
+    ``ties``, those within 0.005 of the best come first in the order of their differences from the paper's
+    configuration (fewer first)."""
     datasets = list(spec["datasets"])
     scored = []
     for name, by_ds in cells.items():
         if set(datasets) - set(by_ds) or any(c.collapsed(per_seed) for c in by_ds.values()):
+            continue
+        if any(set(seeds) - set(c.curves) for c in by_ds.values()):
             continue
         scored.append((statistics.fmean(statistics.fmean(by_ds[d].finals()) for d in datasets), name))
     scored.sort(key=lambda t: (-t[0], list(spec["variants"]).index(t[1])))
@@ -226,6 +236,15 @@ def _markdown(rows: list[dict[str, str]], cols: list[str]) -> list[str]:
     return lines
 
 
+def _stage_text(spec: Mapping[str, Any], stage: str) -> str:
+    st = spec["stages"].get(stage) or {}
+    seeds = ", ".join(map(str, st.get("seeds", [])))
+    checks = st.get("checkpoints")
+    when = "the protocol's full checkpoint schedule" if checks is None else (
+        "evaluated at " + ", ".join(map(str, checks)) + " observed images and the end of the stream")
+    return f"seed{'s' if len(st.get('seeds', [])) != 1 else ''} {seeds}, {when}"
+
+
 def compile_ablation(records_dir: Path, spec_path: Path, out_dir: Path, baselines_dir: Path | None = None
                      ) -> list[Path]:
     """Write the screen and final tables (CSV and Markdown) and the figures; returns the written paths."""
@@ -239,16 +258,19 @@ def compile_ablation(records_dir: Path, spec_path: Path, out_dir: Path, baseline
     cols = ["variant", "mark", *datasets, "mean", "pixel_auroc", "aupro", "collapsed_on", "seeds", "overrides"]
     written = []
     screen_top = rank(cells.get("screen", {}), spec, per_seed=True, ties=False)[:3]
-    final_rank = rank(cells.get("final", {}), spec, per_seed=False, ties=True)
+    paper = next((n for n in spec["variants"] if distance_to_paper(n, spec) == 0), None)
+    finalists = {*screen_top, "reference", paper}
+    cells["final"] = {n: c for n, c in cells.get("final", {}).items() if n in finalists}
+    final_rank = rank(cells["final"], spec, per_seed=False, ties=True, seeds=spec["stages"]["final"]["seeds"])
     selected = final_rank[0] if final_rank else None
     md = [f"# {spec['method']} ablation: {spec.get('protocol')} at {spec.get('image_size')} px, final image AUROC",
           "", "Compiled by `oadbench ablation` from the records in this folder and the spec `variants.yaml`; never "
           "edited by hand.", ""]
     for stage, marks, per_seed, caption in (
             ("screen", {n: f"top {i + 1}" for i, n in enumerate(screen_top)}, True,
-             "Screen (seed 0, reduced checkpoints). `mark`: the three that go to the final stage."),
+             f"Screen ({_stage_text(spec, 'screen')}). `mark`: the three that go to the final stage."),
             ("final", {selected: "selected"} if selected else {}, False,
-             "Final stage (mean ± std over seeds, full checkpoint schedule). `mark`: the selected variant.")):
+             f"Final stage (mean ± std over seeds; {_stage_text(spec, 'final')}). `mark`: the selected variant.")):
         rows = table(cells.get(stage, {}), spec, per_seed, marks)
         if not rows:
             continue

@@ -108,6 +108,28 @@ def test_screen_and_final_tables_follow_the_preregistered_rules(ablation, tmp_pa
         assert (again / p.name).read_bytes() == p.read_bytes(), p.name
 
 
+def test_a_final_stage_with_the_screens_schedule_reuses_the_screens_seed(ablation, tmp_path):
+    spec_path, root, base = ablation
+    spec = {**SPEC, "stages": {"screen": {"seeds": [0], "checkpoints": [0, 10]},
+                               "final": {"seeds": [0, 1], "checkpoints": [0, 10]}}}
+    spec_path.write_text(yaml.safe_dump(spec))
+    for dataset, final in (("synthetic/capsule", 0.70), ("mtd/tile", 0.60)):
+        write_record(root / f"seed1_{dataset.replace('/', '_')}.json",
+                     record("big", dataset, 1, [0.5, final], [0, 10], f"seed1_{dataset}"))
+    out = tmp_path / "out"
+    compile_ablation(root, spec_path, out, base)
+    final = rows(out / "final.csv")
+    # big: seed 0 from the screen (0.90 / 0.80) and seed 1 (0.70 / 0.60)
+    assert final["big"]["seeds"] == "0 1" and final["big"]["synthetic/capsule"] == "0.8000 ± 0.1414"
+    assert final["big"]["mean"] == "0.7500" and final["reference"]["seeds"] == "0"
+    # only the screen's top three, the reference and the paper's configuration make the final stage, and only a
+    # variant with every seed of the stage is ranked: bigger (seed 0 only, better mean) is not selected
+    assert set(final) == {"bigger", "big", "reference", "paper"}
+    assert final["big"]["mark"] == "selected" and final["bigger"]["mark"] == ""
+    assert rows(out / "screen.csv")["big"]["mean"] == "0.8500"
+    assert "evaluated at 0, 10 observed images" in (out / "README.md").read_text()
+
+
 def test_the_command_and_a_bad_spec(ablation, tmp_path, capsys):
     spec_path, root, base = ablation
     out = tmp_path / "cli"
