@@ -15,6 +15,7 @@ anomaly maps are removed (the ablation's figures use curves). Then: ``oadbench a
 from __future__ import annotations
 
 import argparse
+import os
 import queue
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def main() -> None:
             except queue.Empty:
                 return
             cmd = [sys.executable, "-m", "oadbench", "run", "-m", *job,
-                   f"hydra.sweep.dir={Path(tempfile.gettempdir()) / 'oadbench-ablation' / f'lane{i}'}"]
+                   f"hydra.sweep.dir={Path(tempfile.gettempdir()) / 'oadbench-ablation' / f'{os.getpid()}-lane{i}'}"]
             print(f"[lane {i}] {' '.join(job)}", flush=True)
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode != 0:
