@@ -12,8 +12,10 @@ backbone and with WideResNet-50 features (random weights: cost does not depend o
 PatchCore's peak RSS from 400 to 1600 images (target: flat within 10 %).
 
 Usage: python benchmarks/bench_methods.py [--methods padim patchcore cfa lemo] [--lengths 100 400 1600]
-       [--device cpu] [--threads N] [--out benchmarks/results]
-Writes ``<out>/methods-<device>.json`` and ``.md`` and prints the table.
+       [--device cpu] [--threads N] [--out benchmarks/results] [--skip-offline] [--merge] [--note TEXT]
+Writes ``<out>/methods-<device>.json`` and ``.md`` and prints the table. ``--merge`` re-measures only the given
+cells: the other rows of the existing JSON are kept (each row says when it was measured), the new ones replace
+rows of the same method, form and stream; ``--note`` adds a line under the table (kept by later merges).
 """
 
 from __future__ import annotations
@@ -77,14 +79,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     parser.add_argument("--skip-offline", action="store_true")
+    parser.add_argument("--merge", action="store_true", help="keep the existing rows of other cells")
+    parser.add_argument("--note", action="append", default=[], help="a line under the table")
     args = parser.parse_args()
+    json_path = args.out / f"methods-{args.device}.json"
+    old_rows, old_notes = [], []
+    if args.merge and json_path.exists():
+        old = json.loads(json_path.read_text())
+        old_rows, old_notes = (old, []) if isinstance(old, list) else (old["rows"], old.get("notes", []))
+        md = json_path.with_suffix(".md")
+        if isinstance(old, list) and md.exists():  # the first format kept its notes in the Markdown only
+            old_notes = [line for line in md.read_text().splitlines() if line and not line.startswith(
+                ("|", "machine:", "online PatchCore peak RSS"))]
     results = Path(tempfile.mkdtemp(prefix="oadbench-bench-"))
     rows = []
     for method in args.methods:
         for n in args.lengths:
             rec = run_cell([f"method={method}", "protocol=online_cold_start", f"protocol.stream.max_length={n}",
                             "protocol.evaluation.checkpoints=[]"], results, args.device, args.threads)
-            rows.append({"method": method, "form": "online", "stream": n, **summarise(rec)})
+            rows.append({"method": method, "form": "online", "stream": n, **summarise(rec),
+                         "measured": time.strftime("%Y-%m-%d")})
             print(rows[-1], flush=True)
     if not args.skip_offline:
         for backbone in (["backbone.name=tf_efficientnet_lite0"],
@@ -92,17 +106,20 @@ def main() -> None:
             rec = run_cell(["method=patchcore", "protocol=offline", "protocol.stream.max_length=200", *backbone],
                            results, args.device, args.threads)
             rows.append({"method": "patchcore", "form": f"offline ({backbone[0].split('=')[1]})", "stream": 200,
-                         **summarise(rec)})
+                         **summarise(rec), "measured": time.strftime("%Y-%m-%d")})
             print(rows[-1], flush=True)
+    cell = {(r["method"], r["form"], r["stream"]): r for r in rows}
+    merged = [cell.pop((r["method"], r["form"], r["stream"]), r) for r in old_rows]
+    rows = merged + list(cell.values())
     header = ["method", "form", "stream", "observe ms (p95)", "score ms (p95)", "backbone ms", "consolidate s",
-              "peak RSS MiB", "footprint MiB (max)", "img AUROC", "wall s"]
+              "peak RSS MiB", "footprint MiB (max)", "img AUROC", "wall s", "measured"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         lines.append("| " + " | ".join([
             r["method"], r["form"], str(r["stream"]), f"{fmt(r['observe_ms'])} ({fmt(r['observe_p95_ms'])})",
             f"{fmt(r['score_ms'])} ({fmt(r['score_p95_ms'])})", fmt(r["backbone_ms"]), fmt(r["consolidate_s"]),
             fmt(r["peak_rss_mb"], 0), f"{fmt(r['footprint_mb'])} ({fmt(r['footprint_max_mb'])})",
-            fmt(r["image_auroc"], 3), fmt(r["wall_s"], 0)]) + " |")
+            fmt(r["image_auroc"], 3), fmt(r["wall_s"], 0), r.get("measured", "")]) + " |")
     online_pc = {r["stream"]: r["peak_rss_mb"] for r in rows if r["method"] == "patchcore" and r["form"] == "online"}
     notes = [f"machine: {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}, "
              f"threads {args.threads or 'all'}"]
@@ -110,11 +127,12 @@ def main() -> None:
         change = 100 * (online_pc[1600] - online_pc[400]) / online_pc[400]
         notes.append(f"online PatchCore peak RSS 400 -> 1600 images: {online_pc[400]:.0f} -> {online_pc[1600]:.0f} "
                      f"MiB ({change:+.1f} %; target within ±10 %)")
-    text = "\n".join(lines + [""] + notes) + "\n"
+    user_notes = list(dict.fromkeys([*old_notes, *args.note]))
+    text = "\n".join(lines + [""] + notes + user_notes) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"methods-{args.device}.md").write_text(text)
-    (args.out / f"methods-{args.device}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    json_path.write_text(json.dumps({"rows": rows, "notes": user_notes}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
