@@ -205,7 +205,8 @@ def suspect_ops(device: torch.device, small: bool, repeats: int, weights: str) -
             feats = [torch.randn(1, c, 64 // s, 64 // s, generator=gen).to(device)
                      for c, s in ((24, 4), (40, 8), (112, 16))]
             m.observe(Batch(torch.zeros(1, 3, 64, 64, device=device), feats))
-        return torch.cat([m.memory.detach().flatten(), *[q.detach().flatten() for q in m.adapter.parameters()]])
+        adapter = [] if m.adapter is None else [q.detach().flatten() for q in m.adapter.parameters()]
+        return torch.cat([m.memory.detach().flatten(), *adapter])
 
     ops: dict[str, Callable[[], Any]] = {
         "index_add_ (k-means sums)": lambda: torch.zeros(16, 64, device=device).index_add_(0, labels, x),

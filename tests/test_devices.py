@@ -389,7 +389,7 @@ def straightforward_coverage_update(self, z):
                                  {"update": "coverage", "usage_decay": 0.5},
                                  {"update": "coverage", "normalize": False}])
 def test_lemo_memory_updates_are_bit_identical_to_the_straightforward_loops(cfg):
-    new, old = lemo(n_prototypes=12, **cfg), lemo(n_prototypes=12, **cfg)
+    new, old = lemo(n_prototypes=12, adapter="learned", **cfg), lemo(n_prototypes=12, adapter="learned", **cfg)
     old._split_update = types.MethodType(straightforward_split_update, old)
     old._coverage_update = types.MethodType(straightforward_coverage_update, old)
     for batch in stream(12):
