@@ -58,3 +58,15 @@ def test_the_published_figures_exist_and_the_readme_shows_them(tmp_path, capsys)
     # the figure command regenerates the same set of figures from the committed records
     assert main(["figs", str(RECORDS), "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} == {p.name for p in figs.iterdir()}
+
+
+@pytest.mark.skipif(not (ABLATION / "records").is_dir(), reason="no committed ablation records")
+def test_the_committed_ablation_tables_are_what_its_records_compile_to(tmp_path):
+    from oadbench.ablation import compile_ablation
+
+    written = compile_ablation(ABLATION / "records", ABLATION / "variants.yaml", tmp_path, ABLATION / "baselines")
+    names = {p.name for p in written}
+    assert {"screen.csv", "final.csv", "baselines.csv", "README.md", "learning_curves.png"} <= names
+    for name in ("screen.csv", "final.csv", "baselines.csv", "README.md"):
+        assert (tmp_path / name).read_bytes() == (ABLATION / name).read_bytes(), f"{name} differs from its records"
+    assert names == {p.name for p in ABLATION.iterdir() if p.is_file()} - {"run_ablation.py", "variants.yaml"}
