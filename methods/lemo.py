@@ -31,7 +31,7 @@ channels``), ``adapter: frozen`` (nothing is trained but the memory); τ = 0.1, 
 
 Measured status (online_cold_start, 256 px, default backbone, seeds 0-2, final image AUROC): 0.957 mean over the
 four synthetic categories, 0.765 on MTD, 0.936 on MVTec AD transistor, no collapse; CFA online 0.939 / 0.788 /
-0.920. The paper's configuration (seed 0): 0.454 / 0.406 / 0.382, collapsing on five of the six. Every learned
+0.920. The paper's configuration: 0.489 / 0.530 / 0.341, collapsing on five of the six. Every learned
 adapter the ablation tried (lr 1e-3, 1e-4) collapsed the adapted features on MTD's 761-image stream; lr 1e-5 did
 not (mean 0.911 against the default's 0.921).
 
