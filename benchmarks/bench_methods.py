@@ -83,22 +83,22 @@ def main() -> None:
     parser.add_argument("--note", action="append", default=[], help="a line under the table")
     args = parser.parse_args()
     json_path = args.out / f"methods-{args.device}.json"
+    md_path = json_path.with_suffix(".md")
     old_rows, old_notes = [], []
     if args.merge and json_path.exists():
         old = json.loads(json_path.read_text())
         old_rows, old_notes = (old, []) if isinstance(old, list) else (old["rows"], old.get("notes", []))
-        md = json_path.with_suffix(".md")
-        if isinstance(old, list) and md.exists():  # the first format kept its notes in the Markdown only
-            old_notes = [line for line in md.read_text().splitlines() if line and not line.startswith(
+        if isinstance(old, list) and md_path.exists():  # the first format kept its notes in the Markdown only
+            old_notes = [line for line in md_path.read_text().splitlines() if line and not line.startswith(
                 ("|", "machine:", "online PatchCore peak RSS"))]
     results = Path(tempfile.mkdtemp(prefix="oadbench-bench-"))
+    today = time.strftime("%Y-%m-%d")
     rows = []
     for method in args.methods:
         for n in args.lengths:
             rec = run_cell([f"method={method}", "protocol=online_cold_start", f"protocol.stream.max_length={n}",
                             "protocol.evaluation.checkpoints=[]"], results, args.device, args.threads)
-            rows.append({"method": method, "form": "online", "stream": n, **summarise(rec),
-                         "measured": time.strftime("%Y-%m-%d")})
+            rows.append({"method": method, "form": "online", "stream": n, **summarise(rec), "measured": today})
             print(rows[-1], flush=True)
     if not args.skip_offline:
         for backbone in (["backbone.name=tf_efficientnet_lite0"],
@@ -106,7 +106,7 @@ def main() -> None:
             rec = run_cell(["method=patchcore", "protocol=offline", "protocol.stream.max_length=200", *backbone],
                            results, args.device, args.threads)
             rows.append({"method": "patchcore", "form": f"offline ({backbone[0].split('=')[1]})", "stream": 200,
-                         **summarise(rec), "measured": time.strftime("%Y-%m-%d")})
+                         **summarise(rec), "measured": today})
             print(rows[-1], flush=True)
     cell = {(r["method"], r["form"], r["stream"]): r for r in rows}
     merged = [cell.pop((r["method"], r["form"], r["stream"]), r) for r in old_rows]
@@ -131,7 +131,7 @@ def main() -> None:
     text = "\n".join(lines + [""] + notes + user_notes) + "\n"
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"methods-{args.device}.md").write_text(text)
+    md_path.write_text(text)
     json_path.write_text(json.dumps({"rows": rows, "notes": user_notes}, indent=1) + "\n")
 
 

@@ -128,12 +128,14 @@ def collect(records_dir: Path, spec: Mapping[str, Any]) -> dict[str, dict[str, d
         label = labels.get((ds["name"], str(ds["category"]))) or labels.get((ds["name"], None))
         if variant is None or label is None:
             continue
+        seed = int(r["config"]["seed"])
+        curve = [(int(c["observed"]), float(c["metrics"][METRIC])) for c in r["checkpoints"]
+                 if c["metrics"].get(METRIC) is not None]
+        pixel = {m: r["final"].get(m) for m in ("pixel_auroc", "aupro")}
         for stage in stages_of(r, spec, schedule):
             cell = out[stage][variant].setdefault(label, Cell())
-            seed = int(r["config"]["seed"])
-            cell.curves[seed] = [(int(c["observed"]), float(c["metrics"][METRIC])) for c in r["checkpoints"]
-                                 if c["metrics"].get(METRIC) is not None]
-            cell.pixel[seed] = {m: r["final"].get(m) for m in ("pixel_auroc", "aupro")}
+            cell.curves[seed] = curve
+            cell.pixel[seed] = pixel
             cell.runs.append(r)
     return out
 
@@ -162,6 +164,11 @@ def distance_to_paper(name: str, spec: Mapping[str, Any]) -> int:
     paper = {**spec["reference"], **(spec.get("paper") or {})}
     config = {**spec["reference"], **(spec["variants"][name] or {})}
     return sum(not _same(config[k], paper[k]) for k in paper)
+
+
+def paper_variant(spec: Mapping[str, Any]) -> str | None:
+    """The variant that is the paper's configuration (no value different from it), if the spec has one."""
+    return next((n for n in spec["variants"] if distance_to_paper(n, spec) == 0), None)
 
 
 def rank(cells: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], per_seed: bool, ties: bool,
@@ -238,11 +245,11 @@ def _markdown(rows: list[dict[str, str]], cols: list[str]) -> list[str]:
 
 def _stage_text(spec: Mapping[str, Any], stage: str) -> str:
     st = spec["stages"].get(stage) or {}
-    seeds = ", ".join(map(str, st.get("seeds", [])))
+    seeds = st.get("seeds", [])
     checks = st.get("checkpoints")
     when = "the protocol's full checkpoint schedule" if checks is None else (
         "evaluated at " + ", ".join(map(str, checks)) + " observed images and the end of the stream")
-    return f"seed{'s' if len(st.get('seeds', [])) != 1 else ''} {seeds}, {when}"
+    return f"seed{'s' if len(seeds) != 1 else ''} {', '.join(map(str, seeds))}, {when}"
 
 
 def compile_ablation(records_dir: Path, spec_path: Path, out_dir: Path, baselines_dir: Path | None = None
@@ -258,8 +265,7 @@ def compile_ablation(records_dir: Path, spec_path: Path, out_dir: Path, baseline
     cols = ["variant", "mark", *datasets, "mean", "pixel_auroc", "aupro", "collapsed_on", "seeds", "overrides"]
     written = []
     screen_top = rank(cells.get("screen", {}), spec, per_seed=True, ties=False)[:3]
-    paper = next((n for n in spec["variants"] if distance_to_paper(n, spec) == 0), None)
-    finalists = {*screen_top, "reference", paper}
+    finalists = {*screen_top, "reference", paper_variant(spec)}
     cells["final"] = {n: c for n, c in cells.get("final", {}).items() if n in finalists}
     final_rank = rank(cells["final"], spec, per_seed=False, ties=True, seeds=spec["stages"]["final"]["seeds"])
     selected = final_rank[0] if final_rank else None
@@ -308,8 +314,7 @@ def _figures(final: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], o
     """Learning curves of the paper's configuration, the reference and the selected variant."""
     from oadbench.figures import _diagnostics, _save
 
-    paper = next((n for n in spec["variants"] if distance_to_paper(n, spec) == 0), None)
-    shown = [n for n in dict.fromkeys([paper, "reference", selected]) if n in final]
+    shown = [n for n in dict.fromkeys([paper_variant(spec), "reference", selected]) if n in final]
     if not shown:
         return []
     import matplotlib
