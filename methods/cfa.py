@@ -75,20 +75,11 @@ from oadbench.components import (
     kmeans,
     nearest_neighbours,
     scale_levels,
+    smallest_sq_distances,
     upsample_maps,
 )
 from oadbench.errors import ConfigError
 from oadbench.method import Batch, Method, MethodContext, Scores, register_method, tensor_bytes
-
-
-def smallest_sq_distances(z: torch.Tensor, bank: torch.Tensor, n: int) -> torch.Tensor:
-    """The ``n`` smallest squared Euclidean distances (N, n) of each row of ``z`` (N, D) to the rows of ``bank``
-    (M, D), nearest first, differentiable w.r.t. ``z``. The neighbours are found without gradient (chunked exact
-    search); their squared distances are then recomputed as |z - c|², exact and never negative, so the backward
-    pass costs N x n x D instead of a dense N x M x D product."""
-    with torch.no_grad():
-        _, idx = nearest_neighbours(z.detach(), bank, n)
-    return (z.unsqueeze(1) - bank[idx]).pow(2).sum(-1)
 
 
 def soft_boundary_loss(d2: torch.Tensor, r: torch.Tensor, K: int, J: int, alpha: float, nu: float) -> torch.Tensor:

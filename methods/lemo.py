@@ -82,6 +82,13 @@ Interpretations and choices where the paper is silent (each configurable):
   When an image has fewer patches than prototypes, ``feature_enhanced`` and ``odc`` skip it.
 - Before any observation (cold start) the initial memory and the untrained adapter already give finite scores;
   with ``init: kmeans`` the orthogonal memory stands in until the first image arrives.
+- Computation (not a modelling choice): every loss reads only each patch's q + w nearest distances, so the
+  step finds them without gradient and recomputes just those as |z - m|² (the gradient is the dense form's,
+  the backward N x (q + w) x D instead of N x K x D); assignment, coverage and scoring use the exact chunked
+  nearest-neighbour search. Float rounding differs from the dense N x K form the LeMO ablation's records were
+  run with, and an online run amplifies rounding through the discrete re-seeding: the same seed's records agree
+  in distribution, not to the last digit (synthetic capsule, 128 px, seed 0: final image AUROC 0.808 dense,
+  0.799 now; observe 141 → 45 ms, score 78 → 15 ms per image on one core).
 
 Diagnostics (``diagnostics()``, recorded at every checkpoint): ``loss`` (mean of the last 10 steps),
 ``feature_rank`` (effective rank, exp of the entropy of the normalised singular values, of the adapted patch
@@ -108,7 +115,9 @@ from oadbench.components import (
     concat_levels,
     divides_by_channels,
     kmeans,
+    nearest_neighbours,
     scale_levels,
+    smallest_sq_distances,
     upsample_maps,
 )
 from oadbench.errors import ConfigError
@@ -298,8 +307,13 @@ class LeMO(Method):
 
     @staticmethod
     def _distances(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Dense distances (N, K) of patches to prototypes (reference form; the hot paths use the nearest few)."""
         d2 = z.pow(2).sum(1, keepdim=True) + m.pow(2).sum(1) - 2.0 * z @ m.T
         return d2.clamp_min(1e-12).sqrt()
+
+    def _nearest(self, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distances (N, n) and indices (N, n) of each patch's ``n`` nearest prototypes, nearest first."""
+        return nearest_neighbours(z, self._prototypes(), n)
 
     def _loss(self, d: torch.Tensor) -> torch.Tensor:
         c = self.config
@@ -324,7 +338,9 @@ class LeMO(Method):
         if self.optimizer is not None:
             if self.adapter is not None:
                 self.adapter.train()
-            loss = self._loss(self._distances(self._adapt(x), self._prototypes()))
+            # every loss reads only the q + w nearest distances, so only those carry gradient
+            d2 = smallest_sq_distances(self._adapt(x), self._prototypes(), self.config.q + self.config.w)
+            loss = self._loss(d2.clamp_min(1e-12).sqrt())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -352,7 +368,7 @@ class LeMO(Method):
     def _assign(self, z: torch.Tensor, cosine: bool) -> torch.Tensor:
         if cosine:
             return (F.normalize(z, dim=1) @ F.normalize(self.memory, dim=1).T).argmax(1)
-        return self._distances(z, self._prototypes()).argmin(1)
+        return self._nearest(z, 1)[1][:, 0]
 
     @torch.no_grad()
     def _split_update(self, z: torch.Tensor, threshold: float, cosine: bool) -> None:
@@ -389,8 +405,7 @@ class LeMO(Method):
     def _coverage_update(self, z: torch.Tensor) -> None:
         """Usage average of every prototype; dead ones re-seeded at this image's worst-covered patches."""
         k = self.config.n_prototypes
-        d = self._distances(z, self._prototypes())
-        nearest, labels = d.min(1)
+        nearest, labels = (t[:, 0] for t in self._nearest(z, 1))
         counts = torch.zeros(k, dtype=torch.long, device=z.device).scatter_add_(0, labels, torch.ones_like(labels))
         share = counts.float() / z.shape[0]
         rho = self.config.usage_decay
@@ -439,7 +454,7 @@ class LeMO(Method):
         z = self._adapt(x)
         if self.adapter is not None:
             self.adapter.train(was_training)
-        d = torch.topk(self._distances(z, self._prototypes()), self.config.score_k, dim=1, largest=False).values
+        d, _ = self._nearest(z, self.config.score_k)
         patch = torch.softmax(-d, dim=1)[:, 0] * d[:, 0]
         maps = upsample_maps(patch.view(n, h, w), batch.image_size, self.config.sigma)
         return Scores(image=maps.flatten(1).amax(1), maps=maps)
@@ -453,8 +468,7 @@ class LeMO(Method):
         if self._last is not None:
             z = self._last
             k = self.config.n_prototypes
-            d = self._distances(z, self._prototypes())
-            nearest, labels = d.min(1)
+            nearest, labels = (t[:, 0] for t in self._nearest(z, 1))
             sizes = torch.bincount(labels, minlength=k).double()
             p = sizes[sizes > 0] / sizes.sum()
             out.update({

@@ -18,6 +18,7 @@ from oadbench.components import (
     kmeans,
     nearest_neighbours,
     project,
+    smallest_sq_distances,
 )
 from tests.devices import DEVICES, HostSyncs
 
@@ -198,3 +199,27 @@ def test_kmeans_tests_convergence_every_check_every_iterations_and_never_bincoun
         kmeans(x, 5, seed=0, iters=40, check_every=8)
     assert every.ops["aten.equal"] > 8 and sparse.ops["aten.equal"] <= math.ceil(every.ops["aten.equal"] / 8)
     assert "aten.bincount" not in every.ops and every.ops["cpu"] == 4  # one read per k-means++ centre after the first
+
+
+def test_squared_distances_are_exact_sorted_and_never_negative():
+    g = torch.Generator().manual_seed(0)
+    z, bank = torch.randn(50, 7, generator=g), torch.randn(20, 7, generator=g)
+    bank[3] = z[5]  # an exact match: float error must not make d² negative
+    d2 = smallest_sq_distances(z, bank, 4)
+    ref = torch.cdist(z.double(), bank.double()).pow(2).sort(1).values[:, :4]
+    torch.testing.assert_close(d2.double(), ref, rtol=1e-4, atol=1e-4)
+    assert (d2 >= 0).all() and smallest_sq_distances(z, bank[:2], 4).shape == (50, 2)
+
+
+def test_squared_distances_gradient_reaches_the_bank_exactly_and_repeatably():
+    g = torch.Generator().manual_seed(1)
+    z, bank0 = torch.randn(300, 5, generator=g), torch.randn(12, 5, generator=g)
+    grads = []
+    for _ in range(3):
+        bank = bank0.clone().requires_grad_()
+        smallest_sq_distances(z, bank, 3).sqrt().mean().backward()
+        grads.append(bank.grad)
+    dense = bank0.clone().requires_grad_()
+    torch.topk(torch.cdist(z, dense), 3, dim=1, largest=False).values.mean().backward()
+    torch.testing.assert_close(grads[0], dense.grad, rtol=1e-4, atol=1e-6)
+    assert all(torch.equal(grads[0], x) for x in grads[1:])  # many patches share a row: summed in a fixed order

@@ -36,3 +36,15 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, qu
         out_d[qs:qs + query_chunk] = best_d.clamp_min_(0.0).sqrt_()
         out_i[qs:qs + query_chunk] = best_i
     return out_d, out_i
+
+
+def smallest_sq_distances(z: torch.Tensor, bank: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` smallest squared Euclidean distances (N, n) of each row of ``z`` (N, D) to the rows of ``bank``
+    (M, D), nearest first, differentiable w.r.t. ``z`` and ``bank``. The neighbours are found without gradient
+    (chunked exact search, :func:`nearest_neighbours`); their squared distances are then recomputed as |z - c|²,
+    exact and never negative, so the backward pass costs N x n x D instead of a dense N x M x D product."""
+    with torch.no_grad():
+        _, idx = nearest_neighbours(z.detach(), bank, n)
+    # index_select: its backward (index_add) is deterministic on CPU, advanced indexing's is not
+    rows = bank.index_select(0, idx.flatten()).view(*idx.shape, bank.shape[1])
+    return (z.unsqueeze(1) - rows).pow(2).sum(-1)
