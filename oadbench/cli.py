@@ -21,9 +21,10 @@ commands:
   run  [KEY=VALUE ...]          one run (or a sweep with -m), configured with Hydra overrides, e.g.
                                 oadbench run protocol=online_cold_start method=padim dataset=synthetic seed=0
   list methods|protocols|datasets
-  leaderboard [RECORDS_DIR] [--out DIR]
+  leaderboard [RECORDS_DIR] [--out DIR] [--headline DIR]
                                 compile run records into leaderboards/<protocol>/<dataset>.csv and README.md
-                                (default: the committed leaderboards/records into leaderboards/)
+                                (default: the committed leaderboards/records into leaderboards/, and
+                                leaderboards/headline/records as the README's first table)
   figs [RECORDS_DIR] [--out DIR] paper figures (PDF and PNG) from run records (default: into paper_figs/)
   ablation [RECORDS_DIR] [--spec FILE] [--baselines DIR] [--out DIR]
                                 an ablation's tables and figures from its records and spec (default: the
@@ -244,8 +245,23 @@ def _records_command(args: list[str], prog: str, out_default: Path, out_help: st
 def _leaderboard(args: list[str]) -> int:
     from oadbench.leaderboard import compile_leaderboards
 
-    return _records_command(args, "oadbench leaderboard", _repo_or_cwd("leaderboards"),
-                            "where the CSVs and README.md go", compile_leaderboards)
+    folder = _repo_or_cwd("leaderboards")
+    parser = argparse.ArgumentParser(prog="oadbench leaderboard")
+    parser.add_argument("records", nargs="?", type=Path, default=None,
+                        help="directory of run records (searched recursively; default: the committed "
+                             "leaderboards/records, with leaderboards/headline/records as the headline table)")
+    parser.add_argument("--out", type=Path, default=folder, help="where the CSVs and README.md go")
+    parser.add_argument("--headline", type=Path, default=None,
+                        help="records of the headline table (one protocol, one input size), the README's first")
+    ns = parser.parse_args(args)
+    headline = ns.headline
+    if ns.records is None:
+        ns.records = folder / "records"
+        if headline is None and (folder / "headline" / "records").is_dir():
+            headline = folder / "headline" / "records"
+    for path in compile_leaderboards(ns.records, ns.out, headline):
+        print(path)
+    return 0
 
 
 def _figs(args: list[str]) -> int:

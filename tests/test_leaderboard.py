@@ -208,3 +208,53 @@ def test_two_gpu_configurations_in_one_cell_are_an_error_naming_both_files(tmp_p
     write_record(root / "b.json", gpu_record("padim", "capsule", 0, 0.8, "two", precision="tf32"))
     with pytest.raises(DataError, match=r"padim/tf_efficientnet_lite0/cuda/capsule seed 0.*a\.json.*b\.json"):
         compile_leaderboards(root, tmp_path / "lb")
+
+
+def _headline_records(root, seeds=(0, 1, 2), skip=()):
+    values = {}
+    for method in ("cfa", "lemo"):
+        for dataset, category in (("synthetic", "capsule"), ("mtd", "tile"), ("mvtec", "transistor")):
+            for seed in seeds:
+                if (method, category, seed) in skip:
+                    continue
+                metrics = {m: float(RNG.uniform(0.5, 1.0)) for m in METRICS}
+                values[(method, f"{dataset}/{category}", seed)] = metrics
+                record = make_record(method, category, seed, metrics)
+                record["config"]["dataset"]["name"] = dataset
+                write_record(root / method / f"{dataset}-{category}-{seed}.json", record)
+    return values
+
+
+def test_headline_table_means_each_data_set_once_and_comes_first(fixture_records, tmp_path):
+    root, _ = fixture_records
+    values = _headline_records(tmp_path / "headline", skip={("cfa", "tile", 2)})
+    out = tmp_path / "lb"
+    written = compile_leaderboards(root, out, tmp_path / "headline")
+    assert out / "headline" / "online_cold_start_256px.csv" in written
+    rows = read_csv(out / "headline" / "online_cold_start_256px.csv")
+    assert [(r["method"], r["dataset"]) for r in rows] == [
+        (m, d) for m in ("cfa", "lemo") for d in ("synthetic/capsule", "mtd/tile", "mvtec/transistor", "mean")]
+    names = ("synthetic/capsule", "mtd/tile", "mvtec/transistor")
+    lemo = {r["dataset"]: r for r in rows if r["method"] == "lemo"}
+    per_seed = [np.mean([values[("lemo", d, s)]["image_auroc"] for d in names]) for s in (0, 1, 2)]
+    assert float(lemo["mean"]["image_auroc_mean"]) == pytest.approx(np.mean(per_seed), abs=5e-5)
+    assert float(lemo["mean"]["image_auroc_std"]) == pytest.approx(np.std(per_seed, ddof=1), abs=5e-5)
+    tile = [values[("lemo", "mtd/tile", s)]["pixel_auroc"] for s in (0, 1, 2)]
+    assert float(lemo["mtd/tile"]["pixel_auroc_mean"]) == pytest.approx(np.mean(tile), abs=5e-5)
+    cfa = {r["dataset"]: r for r in rows if r["method"] == "cfa"}
+    per_seed = [np.mean([values[("cfa", d, s)]["image_auroc"] for d in names]) for s in (0, 1)]  # seed 2 lacks MTD
+    assert cfa["mtd/tile"]["seeds"] == "0 1" and cfa["mean"]["seeds"] == "0 1"
+    assert float(cfa["mean"]["image_auroc_mean"]) == pytest.approx(np.mean(per_seed), abs=5e-5)
+    md = (out / "README.md").read_text()
+    assert md.index("## Headline: online_cold_start at 256 px") < md.index("## online_cold_start / synthetic")
+    assert "| image AUROC | synthetic/capsule | mtd/tile | mvtec/transistor | **mean** |" in md
+
+
+def test_headline_refuses_two_input_sizes(fixture_records, tmp_path):
+    root, _ = fixture_records
+    _headline_records(tmp_path / "headline", seeds=(0,))
+    other = make_record("cfa", "fabric", 0, {m: 0.9 for m in METRICS})
+    other["data"]["image_size"] = 128
+    write_record(tmp_path / "headline" / "small.json", other)
+    with pytest.raises(DataError, match=r"one input size, got \[128, 256\]"):
+        compile_leaderboards(root, tmp_path / "lb", tmp_path / "headline")
