@@ -16,7 +16,8 @@ RECORDS = BOARDS / "records"
 ABLATION = BOARDS / "lemo_ablation"  # its own tables (`oadbench ablation`), not the leaderboards'
 METHODS = {"cfa", "lemo", "padim", "patchcore"}
 TABLES = ["offline", "online_cold_start", "online_contaminated", "online_prequential",
-          *[f"few_shot_k{k}" for k in (1, 2, 4, 8)]]
+          *[f"few_shot_k{k}" for k in (1, 2, 4, 8)], "online_drift", "offline_drift"]
+DATASETS = {"synthetic": {"capsule", "fabric", "marble", "washer"}, "mtd": {"tile"}, "mvtec": {"transistor"}}
 SWEEP = [f"online_contaminated_c{c}" for c in (0, 5, 20, 30)]
 
 pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="no committed records")
@@ -33,20 +34,20 @@ def test_the_committed_leaderboards_are_what_the_committed_records_compile_to(tm
 
 
 def test_every_protocol_and_dataset_has_all_four_methods_over_three_seeds():
-    expected = [(t, d) for t in TABLES for d in ("synthetic", "mtd")] + [(t, "mtd") for t in SWEEP]
+    expected = [(t, d) for t in TABLES for d in DATASETS] + [(t, "mtd") for t in SWEEP]
     for table, dataset in expected:
         rows = list(csv.DictReader((BOARDS / table / f"{dataset}.csv").open()))
         assert {r["method"] for r in rows} == METHODS, (table, dataset)
         for r in rows:
             assert r["seeds"] == "0 1 2" and r["image_auroc_mean"], (table, dataset, r["method"], r["category"])
         categories = {r["category"] for r in rows} - {"mean"}
-        assert categories == ({"tile"} if dataset == "mtd" else {"capsule", "fabric", "marble", "washer"})
+        assert categories == DATASETS[dataset]
 
 
 def test_the_published_figures_exist_and_the_readme_shows_them(tmp_path, capsys):
     figs = REPO / "paper_figs"
     names = {p.stem for p in figs.glob("*.png")}
-    for dataset in ("synthetic", "mtd"):
+    for dataset in DATASETS:
         for kind in ("learning_curves", "footprint"):
             assert f"{kind}_online_cold_start_{dataset}" in names
         for kind in ("categories", "cost_vs_accuracy"):
@@ -70,3 +71,17 @@ def test_the_committed_ablation_tables_are_what_its_records_compile_to(tmp_path)
     for name in ("screen.csv", "final.csv", "baselines.csv", "README.md"):
         assert (tmp_path / name).read_bytes() == (ABLATION / name).read_bytes(), f"{name} differs from its records"
     assert names == {p.name for p in ABLATION.iterdir() if p.is_file()} - {"run_ablation.py", "variants.yaml"}
+
+
+def test_every_committed_lemo_record_uses_lemos_current_defaults():
+    import json
+
+    from oadbench.method import config_defaults, discover_methods, get_method
+
+    discover_methods()
+    defaults = {"name": "lemo", **json.loads(json.dumps(config_defaults(get_method("lemo"))))}
+    paths = [p for p in BOARDS.glob("*records/**/lemo/*.json")] + list((BOARDS / "headline").glob("**/lemo/*.json"))
+    assert paths
+    for path in paths:
+        method = json.loads(path.read_text())["config"]["method"]
+        assert method == defaults, f"{path.relative_to(REPO)}: {set(method.items()) ^ set(defaults.items())}"
