@@ -93,8 +93,9 @@ def test_every_committed_lemo_record_uses_lemos_current_defaults():
 
     discover_methods()
     defaults = {"name": "lemo", **json.loads(json.dumps(config_defaults(get_method("lemo"))))}
-    paths = [p for p in BOARDS.glob("*records/**/lemo/*.json")] + list((BOARDS / "headline").glob("**/lemo/*.json"))
+    paths = list(BOARDS.glob("*records/**/lemo/*.json")) + list((BOARDS / "headline").glob("**/lemo/*.json"))
     assert paths
     for path in paths:
         method = json.loads(path.read_text())["config"]["method"]
-        assert method == defaults, f"{path.relative_to(REPO)}: {set(method.items()) ^ set(defaults.items())}"
+        differ = sorted(k for k in method.keys() | defaults.keys() if method.get(k) != defaults.get(k))
+        assert not differ, f"{path.relative_to(REPO)}: {differ} differ from LeMO's defaults"
