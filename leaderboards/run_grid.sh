@@ -5,6 +5,8 @@
 #
 # LANES (default 2) processes share the work through run claims: lane i walks the grid in its own order and
 # skips any run another lane has claimed or finished. Each lane uses one torch thread.
+# METHODS (environment, default padim,patchcore,cfa,lemo) restricts every line to those methods, e.g. to run the
+# cheap ones first: METHODS=padim,lemo,patchcore leaderboards/run_grid.sh 2 headline.
 # PART (default all): `grid` (the protocol tables, into leaderboards/records), `headline` (online_cold_start at
 # 256 px with the protocol's full checkpoint schedule on the four synthetic categories, MTD and MVTec AD
 # transistor, into leaderboards/headline/records), or `all`.
@@ -27,6 +29,10 @@ SYN=(dataset=synthetic dataset.root=.cache/synthetic dataset.category=all)
 MTD=(dataset=mtd "dataset.root=$MTD_ROOT")
 MVT=(dataset=mvtec "dataset.root=$MVTEC_ROOT" dataset.category=transistor)
 ALL=padim,patchcore,cfa,lemo
+METHODS=${METHODS:-$ALL}
+for m in ${METHODS//,/ }; do
+  [[ ,$ALL, == *,$m,* ]] || { echo "METHODS: unknown method '$m' (expected some of $ALL)" >&2; exit 2; }
+done
 SYN_CK='protocol.evaluation.checkpoints=[0,1,2,5,10,20,50]'
 MTD_CK='protocol.evaluation.checkpoints=[0,5,20,50,200]'  # also MVTec AD transistor's
 
@@ -88,6 +94,8 @@ lane() {  # lane index: even lanes walk the lines forwards, odd lanes backwards 
     for w in "${words[@]:1}"; do
       if [[ $w == @* ]]; then methods=${w#@}; else args+=("$w"); fi
     done
+    methods=$(tr ',' '\n' <<< "$methods" | grep -Fxf <(tr ',' '\n' <<< "$METHODS") | paste -sd,) || true
+    [[ -n $methods ]] || continue
     (( i % 2 )) && methods=$(tr ',' '\n' <<< "$methods" | tac | paste -sd,)
     oadbench run -m "${COMMON[@]}" "${run[@]}" "${data[@]}" "${args[@]}" "method=$methods" "seed=$seeds" \
       "hydra.sweep.dir=${TMPDIR:-/tmp}/oadbench-grid/lane$i" || echo "lane $i: a sweep reported failures: $line" >&2
