@@ -344,10 +344,13 @@ def compile_leaderboards(records_dir: Path, out_dir: Path, headline_dir: Path | 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(headline_csv(rows, size))
         written.append(path)
-        try:
-            records_name = Path(headline_dir).resolve().relative_to(out_dir.resolve()).as_posix() + "/"
-        except ValueError:
-            records_name = Path(headline_dir).name + "/"
+        records_name = Path(headline_dir).name + "/"
+        for base in (out_dir, records_dir.parent):  # as the README links it; a copy elsewhere names the same
+            try:
+                records_name = Path(headline_dir).resolve().relative_to(base.resolve()).as_posix() + "/"
+                break
+            except ValueError:
+                continue
         first = headline_markdown(protocol, size, rows, path.relative_to(out_dir).as_posix(), records_name)
     for (protocol, dataset), rows in tables.items():
         path = out_dir / protocol / f"{dataset}.csv"
