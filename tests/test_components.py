@@ -18,6 +18,7 @@ from oadbench.components import (
     kmeans,
     nearest_neighbours,
     project,
+    smallest_k,
     smallest_sq_distances,
 )
 from tests.devices import DEVICES, HostSyncs
@@ -110,6 +111,31 @@ def test_chunked_nearest_neighbours_match_brute_force(k):
     assert (i == ref_i).float().mean() > 0.99  # near-ties may swap at float32 precision
     d_small, _ = nearest_neighbours(q, bank[:2], k=5)
     assert d_small.shape == (300, 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [64 * 7, 64 * 20, 64 * 20 + 37])  # one-stage fallback, full blocks, a short last block
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_two_stage_selection_returns_the_k_smallest_values_including_ties(n, k, device):
+    g = torch.Generator().manual_seed(n + k)
+    tied = torch.randint(0, 6, (120, n), generator=g).float()  # many equal values per row
+    spread = torch.randn(120, n, generator=g)
+    spread[:5, :n - 2] = float("inf")  # rows with fewer finite values than k
+    for values in (tied.to(device), spread.to(device)):
+        best, cols = smallest_k(values, k)
+        ref = torch.topk(values, k, dim=1, largest=False).values
+        assert torch.equal(best, ref)
+        assert torch.equal(torch.gather(values, 1, cols), best)  # the indices point at those values
+        assert (cols < n).all() and all(len(set(row)) == k for row in cols.tolist())  # distinct columns
+
+
+def test_nearest_neighbours_through_the_two_stage_selection_match_brute_force():
+    g = torch.Generator().manual_seed(7)
+    q, bank = torch.randn(200, 12, generator=g), torch.randn(3000 + 11, 12, generator=g)
+    d, i = nearest_neighbours(q, bank, k=4)  # one bank chunk of 3011 columns: 47 blocks and a short one
+    ref_d, ref_i = torch.cdist(q.double(), bank.double()).topk(4, largest=False)
+    torch.testing.assert_close(d.double(), ref_d, rtol=1e-4, atol=1e-4)
+    assert (i == ref_i).float().mean() > 0.99
 
 
 def test_coordconv_appends_row_and_column_coordinates():
