@@ -1,5 +1,6 @@
-"""The ``oadbench`` command in real subprocesses: a run prints its table and writes its record; listing; clear
-errors for unknown names and keys."""
+"""The ``oadbench`` command: a run in a real subprocess prints its table and writes its record; listing; clear
+errors for unknown names and keys (one of each in a real subprocess, the rest through ``main`` in this process,
+which is what ``python -m oadbench`` calls: each subprocess pays the imports again)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,19 @@ def oadbench(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedP
     env = {**os.environ, "WANDB_SILENT": "true"}
     return subprocess.run([sys.executable, "-m", "oadbench", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def in_process(capsys, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of ``oadbench ARGS`` run through ``main`` in this process."""
+    from oadbench.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    except SystemExit as stop:  # Hydra's own errors leave through sys.exit, as in the command
+        status = stop.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def test_run_prints_the_table_and_writes_record_and_wandb_run(tmp_path):
@@ -36,30 +50,34 @@ def test_run_prints_the_table_and_writes_record_and_wandb_run(tmp_path):
     assert again.returncode == 0 and "skipped" in again.stdout
 
 
-def test_list(tmp_path):
+def test_list(tmp_path, capsys):
+    out = oadbench("list", "methods", cwd=tmp_path)
+    assert out.returncode == 0 and "padim" in out.stdout
     for what, expected in (("methods", "padim"), ("protocols", "online_prequential"), ("datasets", "visa")):
-        out = oadbench("list", what, cwd=tmp_path)
-        assert out.returncode == 0 and expected in out.stdout
+        status, stdout, _ = in_process(capsys, "list", what)
+        assert status == 0 and expected in stdout
 
 
-def test_unknown_names_list_the_valid_ones(tmp_path):
+def test_unknown_names_list_the_valid_ones(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for arg, valid in (("method=padin", "padim"), ("protocol=online", "online_cold_start"),
                        ("dataset=mvtecad", "mvtec")):
-        out = oadbench("run", arg, cwd=tmp_path)
-        assert out.returncode == 2
-        assert valid in out.stderr and "Traceback" not in out.stderr
+        status, _, err = in_process(capsys, "run", arg)
+        assert status == 2
+        assert valid in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()
 
 
-def test_bad_values_are_errors_naming_the_key(tmp_path):
+def test_bad_values_are_errors_naming_the_key(tmp_path, capsys, monkeypatch):
     out = oadbench("run", "protocol.stream.order=sideways", cwd=tmp_path)
     assert out.returncode == 2 and "stream.order" in out.stderr and "by_defect" in out.stderr
     assert "Traceback" not in out.stderr
-    out = oadbench("run", "dataset=mvtec", f"dataset.root={tmp_path / 'none'}", "dataset.category=bottle",
-                   cwd=tmp_path)
-    assert out.returncode == 2 and "expected layout" in out.stderr and "train/good" in out.stderr
-    out = oadbench("run", "no_such_key=1", cwd=tmp_path)
-    assert out.returncode != 0 and "no_such_key" in out.stderr
+    monkeypatch.chdir(tmp_path)
+    status, _, err = in_process(capsys, "run", "dataset=mvtec", f"dataset.root={tmp_path / 'none'}",
+                                "dataset.category=bottle")
+    assert status == 2 and "expected layout" in err and "train/good" in err
+    status, _, err = in_process(capsys, "run", "no_such_key=1")
+    assert status != 0 and "no_such_key" in err
     assert not (tmp_path / "results").exists()
 
 
