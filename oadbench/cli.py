@@ -243,7 +243,7 @@ def _records_command(args: list[str], prog: str, out_default: Path, out_help: st
 
 
 def _leaderboard(args: list[str]) -> int:
-    from oadbench.leaderboard import compile_leaderboards
+    from oadbench.leaderboard import compile_leaderboards, default_headline
 
     folder = _repo_or_cwd("leaderboards")
     parser = argparse.ArgumentParser(prog="oadbench leaderboard")
@@ -257,8 +257,8 @@ def _leaderboard(args: list[str]) -> int:
     headline = ns.headline
     if ns.records is None:
         ns.records = folder / "records"
-        if headline is None and (folder / "headline" / "records").is_dir():
-            headline = folder / "headline" / "records"
+        if headline is None:
+            headline = default_headline(folder)
     for path in compile_leaderboards(ns.records, ns.out, headline):
         print(path)
     return 0

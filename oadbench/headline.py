@@ -27,10 +27,10 @@ from oadbench.leaderboard import (
     _fmt1,
     _fmt3,
     _mean,
-    _std,
     build_tables,
     file_contaminations,
     run_values,
+    seed_stats,
     table_of,
 )
 from oadbench.results import FINISHED
@@ -92,12 +92,7 @@ def _row(method: str, backbone: str, name: str, runs: Mapping[int, Mapping[str, 
     seeds = sorted(runs)
     row: dict[str, Any] = {"method": method, "backbone": backbone, "dataset": name, "n_runs": n_runs,
                            "seeds": " ".join(map(str, seeds))}
-    for m in HEADLINE_METRICS:
-        row[f"{m}_mean"] = _mean(runs[s].get(m) for s in seeds)
-        row[f"{m}_std"] = _std(runs[s].get(m) for s in seeds)
-    for key in HEADLINE_COSTS:
-        row[key] = _mean(runs[s].get(key) for s in seeds)
-    return row
+    return {**row, **seed_stats(runs, HEADLINE_METRICS, HEADLINE_COSTS)}
 
 
 def headline_csv(rows: Sequence[Mapping[str, Any]], image_size: int) -> str:

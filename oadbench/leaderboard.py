@@ -60,6 +60,7 @@ GPU_COSTS = ("cuda_peak_mb", "cuda_method_peak_mb", "cuda_features_peak_mb")  # 
 CPU = "cpu"
 TRAINING_PHASES = ("observe_warmup", "observe", "consolidate")  # the method's own learning work
 MEAN_ROW = "mean"
+HEADLINE_RECORDS = Path("headline", "records")  # the headline table's records, inside a leaderboards folder
 
 
 def file_contaminations() -> dict[str, float | None]:
@@ -176,6 +177,26 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def default_headline(folder: Path) -> Path | None:
+    """The headline table's records inside the leaderboards ``folder``, or None where it has none."""
+    path = folder / HEADLINE_RECORDS
+    return path if path.is_dir() else None
+
+
+def seed_stats(runs: Mapping[int, Mapping[str, Any]], metrics: Iterable[str], means: Iterable[str] = ()
+               ) -> dict[str, float | None]:
+    """Over the seeds of ``runs`` (seed -> run values): ``<m>_mean`` and ``<m>_std`` of each metric, the plain
+    mean of each key of ``means``; missing values are left out."""
+    seeds = sorted(runs)
+    out: dict[str, float | None] = {}
+    for m in metrics:
+        out[f"{m}_mean"] = _mean(runs[s].get(m) for s in seeds)
+        out[f"{m}_std"] = _std(runs[s].get(m) for s in seeds)
+    for key in means:
+        out[key] = _mean(runs[s].get(key) for s in seeds)
+    return out
+
+
 def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapping[int, Mapping[str, Any]],
               meta: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """``runs``: seed -> run values (one category, or the category average for a mean row)."""
@@ -184,8 +205,7 @@ def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapp
                            "n_runs": sum(int(r.get("_n", 1)) for r in runs.values()),
                            "seeds": " ".join(map(str, seeds))}
     for m in METRICS:
-        row[f"{m}_mean"] = _mean(runs[s][m] for s in seeds)
-        row[f"{m}_std"] = _std(runs[s][m] for s in seeds)
+        row.update(seed_stats(runs, [m]))
         if any(f"{m}_initial" in runs[s] for s in seeds):
             row[f"{m}_initial_mean"] = _mean(runs[s].get(f"{m}_initial") for s in seeds)
             row[f"{m}_initial_std"] = _std(runs[s].get(f"{m}_initial") for s in seeds)

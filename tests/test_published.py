@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from oadbench.cli import main
-from oadbench.leaderboard import compile_leaderboards
+from oadbench.leaderboard import compile_leaderboards, default_headline
 
 REPO = Path(__file__).resolve().parents[1]
 BOARDS = REPO / "leaderboards"
 RECORDS = BOARDS / "records"
-HEADLINE = BOARDS / "headline" / "records"  # the headline table's records, compiled when they exist (as the CLI does)
+HEADLINE = default_headline(BOARDS)  # the headline table's records, compiled when they exist (as the CLI does)
 ABLATION = BOARDS / "lemo_ablation"  # its own tables (`oadbench ablation`), not the leaderboards'
 METHODS = {"cfa", "lemo", "padim", "patchcore"}
 TABLES = ["offline", "online_cold_start", "online_contaminated", "online_prequential",
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="no committed recor
 
 
 def test_the_committed_leaderboards_are_what_the_committed_records_compile_to(tmp_path):
-    written = compile_leaderboards(RECORDS, tmp_path, HEADLINE if HEADLINE.is_dir() else None)
+    written = compile_leaderboards(RECORDS, tmp_path, HEADLINE)
     generated = {p.relative_to(tmp_path) for p in written}
     committed = {p.relative_to(BOARDS) for p in BOARDS.rglob("*.csv")
                  if ABLATION not in p.parents} | {Path("README.md")}
