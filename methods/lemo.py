@@ -306,12 +306,6 @@ class LeMO(Method):
     def _prototypes(self) -> torch.Tensor:
         return F.normalize(self.memory, dim=1) if self.config.normalize else self.memory
 
-    @staticmethod
-    def _distances(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-        """Dense distances (N, K) of patches to prototypes (reference form; the hot paths use the nearest few)."""
-        d2 = z.pow(2).sum(1, keepdim=True) + m.pow(2).sum(1) - 2.0 * z @ m.T
-        return d2.clamp_min(1e-12).sqrt()
-
     def _nearest(self, z: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Distances (N, n) and indices (N, n) of each patch's ``n`` nearest prototypes, nearest first."""
         return nearest_neighbours(z, self._prototypes(), n)

@@ -367,9 +367,14 @@ def straightforward_split_update(self, z, threshold, cosine):
         self.replacements += 1
 
 
+def dense_distances(z, m):
+    """All distances (N, K) of patches to prototypes, the straightforward way."""
+    return (z.pow(2).sum(1, keepdim=True) + m.pow(2).sum(1) - 2.0 * z @ m.T).clamp_min(1e-12).sqrt()
+
+
 def straightforward_coverage_update(self, z):
     k = self.config.n_prototypes
-    d = self._distances(z, self._prototypes())
+    d = dense_distances(z, self._prototypes())
     nearest, labels = d.min(1)
     share = torch.bincount(labels, minlength=k).float() / z.shape[0]
     rho = self.config.usage_decay
