@@ -39,7 +39,11 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, qu
     row (M, D), nearest first. Peak extra memory: one ``query_chunk`` x ``bank_chunk`` float block.
 
     The neighbours are ranked by |c|² - 2 q·c; |q|² is added to the k selected values only (adding a per-row
-    constant is monotone under rounding, so the distances are those of the full |q|² + |c|² - 2 q·c)."""
+    constant is monotone under rounding, so the distances are those of the full |q|² + |c|² - 2 q·c). The ranking
+    is finer than that of the rounded full sum: where two bank rows' full sums round to the same float32, the one
+    nearer by |c|² - 2 q·c comes first, so the indices can differ from a top-k over the full sum (same distances).
+    Methods that use the indices (CFA's and LeMO's recomputed |z - c|², PatchCore's reweighting) can therefore
+    differ slightly from records written before this ranking (measured: 7 of 2048 query rows, k = 6)."""
     m, n = queries.shape[0], bank.shape[0]
     k = min(k, n)
     out_d = torch.empty(m, k, dtype=torch.float32, device=queries.device)
