@@ -136,7 +136,7 @@ def test_after_a_feature_enhanced_update_no_cluster_is_small():
         x = m._features(batch(1, seed=i))
         with torch.no_grad():
             z = m._adapt(x)
-            labels = m._distances(z, m._prototypes()).argmin(1)
+            labels = torch.cdist(z, m._prototypes()).argmin(1)
         sizes = torch.bincount(labels, minlength=10)
         assert sizes.min() >= 0.5 * z.shape[0] / 10, sizes.tolist()
     assert m.replacements > 0  # the orthogonal start has empty clusters that had to be re-seeded
@@ -159,7 +159,7 @@ def test_coverage_update_reseeds_unused_prototypes_at_the_worst_covered_patches(
     m.observe(first)
     with torch.no_grad():
         z = m._adapt(m._features(first))
-        d = m._distances(z, m._prototypes()).min(1).values
+        d = torch.cdist(z, m._prototypes()).min(1).values
     # the orthogonal noise is far from the data: after the first image every prototype sits on one of its
     # patches, and each was used (usage >= 1/K) or re-seeded (usage = 1/K)
     assert m.replacements > 0 and (m.usage >= 1 / 12 - 1e-6).sum() >= m.replacements
