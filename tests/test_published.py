@@ -45,6 +45,19 @@ def test_every_protocol_and_dataset_has_all_four_methods_over_three_seeds():
         assert categories == DATASETS[dataset]
 
 
+@pytest.mark.skipif(HEADLINE is None, reason="no committed headline records")
+def test_the_headline_has_all_four_methods_on_its_six_data_sets_over_three_seeds():
+    rows = list(csv.DictReader((BOARDS / "headline" / "online_cold_start_256px.csv").open()))
+    sets = {f"{d}/{c}" for d, cats in DATASETS.items() for c in cats}
+    assert {r["method"] for r in rows} == METHODS
+    for method in METHODS:
+        mine = {r["dataset"]: r for r in rows if r["method"] == method}
+        assert set(mine) == sets | {"mean"}, method
+        for name, r in mine.items():
+            assert r["seeds"] == "0 1 2" and r["image_auroc_mean"] and r["image_size"] == "256", (method, name)
+        assert mine["mean"]["n_runs"] == "18", method
+
+
 def test_the_published_figures_exist_and_the_readme_shows_them(tmp_path, capsys, monkeypatch):
     figs = REPO / "paper_figs"
     names = {p.stem for p in figs.glob("*.png")}
