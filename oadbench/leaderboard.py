@@ -207,11 +207,8 @@ def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapp
     for m in METRICS:
         row.update(seed_stats(runs, [m]))
         if any(f"{m}_initial" in runs[s] for s in seeds):
-            row[f"{m}_initial_mean"] = _mean(runs[s].get(f"{m}_initial") for s in seeds)
-            row[f"{m}_initial_std"] = _std(runs[s].get(f"{m}_initial") for s in seeds)
-            row[f"drop_{m}"] = _mean(runs[s].get(f"drop_{m}") for s in seeds)
-    for key in [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS) + list(GPU_COSTS):
-        row[key] = _mean(runs[s].get(key) for s in seeds)
+            row.update(seed_stats(runs, [f"{m}_initial"], [f"drop_{m}"]))
+    row.update(seed_stats(runs, (), [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS) + list(GPU_COSTS)))
     row["image_size"] = " ".join(sorted({str(x["image_size"]) for x in meta}, key=int))
     row["oadbench_version"] = " ".join(sorted({str(x["version"]) for x in meta}))
     return row
