@@ -312,7 +312,7 @@ def compile_ablation(records_dir: Path, spec_path: Path, out_dir: Path, baseline
 def _figures(final: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], out: Path, selected: str | None
              ) -> list[Path]:
     """Learning curves of the paper's configuration, the reference and the selected variant."""
-    from oadbench.figures import _diagnostics, _save
+    from oadbench.figures import diagnostics_figure, save_figure
 
     shown = [n for n in dict.fromkeys([paper_variant(spec), "reference", selected]) if n in final]
     if not shown:
@@ -351,9 +351,9 @@ def _figures(final: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], o
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(f"{spec['method']} on {spec.get('protocol')}: the paper's configuration and the selected one",
                  fontsize=9)
-    written = _save(fig, out, "learning_curves")
+    written = save_figure(fig, out, "learning_curves")
     for d in datasets:
         groups = {name: final[name][d].runs for name in shown if d in final[name]}
         if any(c.get("diagnostics") for runs in groups.values() for r in runs for c in r["checkpoints"]):
-            written += _diagnostics(groups, out, palette, f"diagnostics_{d.replace('/', '_')}", d)
+            written += diagnostics_figure(groups, out, palette, f"diagnostics_{d.replace('/', '_')}", d)
     return written

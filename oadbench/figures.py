@@ -1,6 +1,6 @@
 """Paper figures drawn from run records (seaborn; each figure written as PDF and PNG).
 
-``<protocol>`` in a name is the leaderboard's table label (:func:`oadbench.leaderboard.protocol_label`).
+``<protocol>`` in a name is the leaderboard's table label (:func:`oadbench.cells.protocol_label`).
 
 - ``learning_curves_<protocol>_<dataset>``: image AUROC vs observed images, one line per method, mean ± std
   over seeds of the category average, at the checkpoints every run of that method shares;
@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from oadbench.cells import file_contaminations, run_values, table_of
 from oadbench.errors import DataError
-from oadbench.leaderboard import file_contaminations, run_values, table_of
 from oadbench.results import FINISHED, iter_records
 
 METRIC = "image_auroc"
@@ -49,7 +49,9 @@ def method_label(record: Mapping[str, Any]) -> str:
     return name if device == "cpu" else f"{name} ({device})"
 
 
-def _save(fig: Any, out: Path, name: str) -> list[Path]:
+def save_figure(fig: Any, out: Path, name: str) -> list[Path]:
+    """Write ``fig`` as ``<out>/<name>.pdf`` and ``.png`` (150 dpi, no creation date: reproducible bytes) and
+    close it; returns the two paths."""
     paths = []
     for ext in ("pdf", "png"):
         path = out / f"{name}.{ext}"
@@ -62,13 +64,13 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
 
 
 def _finish(fig: Any, ax: Any, out: Path, name: str, title: str, ylabel: str, xlabel: str | None = None) -> list[Path]:
-    """Title, axis labels (the x label only when given) and legend of a one-axes figure, then :func:`_save`."""
+    """Title, axis labels (the x label only when given) and legend of a one-axes figure, then :func:`save_figure`."""
     if xlabel is not None:
         ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7)
-    return _save(fig, out, name)
+    return save_figure(fig, out, name)
 
 
 def _seed_average(runs: list[Mapping[str, Any]], value: Any) -> dict[int, float]:
@@ -197,7 +199,7 @@ def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
             written += _drift(by_method, out, palette, f"drift_{protocol}_{dataset}", f"{protocol} / {dataset}")
 
         if any(c.get("diagnostics") for r in runs for c in r["checkpoints"]):
-            written += _diagnostics(by_method, out, palette, f"diagnostics_{protocol}_{dataset}",
+            written += diagnostics_figure(by_method, out, palette, f"diagnostics_{protocol}_{dataset}",
                                     f"{protocol} / {dataset}")
 
     written += _qualitative(pairs, out, palette, file_ratios)
@@ -279,8 +281,8 @@ def diagnostic_curves(runs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list
     return {k: (sorted(v), [statistics.fmean(v[x]) for x in sorted(v)]) for k, v in sorted(values.items())}
 
 
-def _diagnostics(groups: Mapping[str, list[Mapping[str, Any]]], out: Path, palette: Mapping[str, Any], name: str,
-                 title: str) -> list[Path]:
+def diagnostics_figure(groups: Mapping[str, list[Mapping[str, Any]]], out: Path, palette: Mapping[str, Any],
+                       name: str, title: str) -> list[Path]:
     """One panel per diagnostic quantity, one line per group (a method, or an ablation variant)."""
     import matplotlib.pyplot as plt
 
@@ -300,7 +302,7 @@ def _diagnostics(groups: Mapping[str, list[Mapping[str, Any]]], out: Path, palet
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=6)
     fig.suptitle(f"{title}: diagnostics vs observed images", fontsize=9)
-    return _save(fig, out, name)
+    return save_figure(fig, out, name)
 
 
 def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette: Mapping[str, Any],
@@ -346,5 +348,5 @@ def _qualitative(pairs: list[tuple[Path, Mapping[str, Any]]], out: Path, palette
             ax.set_xticks([])
             ax.set_yticks([])
         fig.suptitle(f"{protocol} / {dataset} / {category}", fontsize=9)
-        written += _save(fig, out, f"qualitative_{protocol}_{dataset}_{category}")
+        written += save_figure(fig, out, f"qualitative_{protocol}_{dataset}_{category}")
     return written

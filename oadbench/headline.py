@@ -10,7 +10,7 @@ silently. Cells hold the records' final metrics (mean and std over seeds), the a
 learning curve and the method's observe and score ms per image (median, mean over runs).
 
 The records must form one table: one protocol, one input size, one configuration per cell (the leaderboards'
-rule, :func:`oadbench.leaderboard.build_tables`, checks the last); anything else is an error naming what differs.
+rule, :func:`oadbench.cells.assign_cells`, checks the last); anything else is an error naming what differs.
 """
 
 from __future__ import annotations
@@ -20,20 +20,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from oadbench.cells import assign_cells, file_contaminations, run_values, table_of
 from oadbench.errors import DataError
-from oadbench.leaderboard import (
-    MEAN_ROW,
-    _fmt,
-    _fmt1,
-    _fmt3,
-    _mean,
-    build_tables,
-    file_contaminations,
-    run_values,
-    seed_stats,
-    table_of,
-)
 from oadbench.results import FINISHED
+from oadbench.stats import MEAN_ROW, fmt, fmt1, fmt_pm, mean_over, seed_stats
 
 ORDER = ("synthetic", "mtd", "mvtec")
 HEADLINE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
@@ -53,8 +43,8 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
     pairs = [(p, r) for p, r in records if r.get("status") == FINISHED]
     if not pairs:
         raise DataError("no finished run record for the headline table")
-    build_tables(pairs)  # one configuration per cell, or an error naming both files
     ratios = file_contaminations()
+    assign_cells(pairs, ratios)  # one configuration per cell, or an error naming both files
     labels = {table_of(r, ratios)[0]: p for p, r in pairs}
     sizes = {int(r["data"]["image_size"]): p for p, r in pairs}
     if len(labels) > 1:
@@ -75,8 +65,8 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
                 rows.append(_row(method, backbone, name, cells[name], len(cells[name])))
         complete = [s for s in sorted({s for c in cells.values() for s in c})
                     if all(s in cells.get(d, {}) for d in everywhere)]
-        per_seed = {s: {k: _mean(cells[d][s].get(k) for d in everywhere)
-                        for k in (*HEADLINE_METRICS, *HEADLINE_COSTS)} for s in complete}
+        per_seed = {s: mean_over([cells[d][s] for d in everywhere], (*HEADLINE_METRICS, *HEADLINE_COSTS))
+                    for s in complete}
         rows.append(_row(method, backbone, MEAN_ROW, per_seed, sum(len(c) for c in cells.values())))
     return next(iter(labels)), next(iter(sizes)), rows
 
@@ -98,7 +88,7 @@ def _row(method: str, backbone: str, name: str, runs: Mapping[int, Mapping[str, 
 def headline_csv(rows: Sequence[Mapping[str, Any]], image_size: int) -> str:
     lines = [",".join(COLUMNS)]
     for r in rows:
-        lines.append(",".join(_fmt(image_size if c == "image_size" else r.get(c)) for c in COLUMNS))
+        lines.append(",".join(fmt(image_size if c == "image_size" else r.get(c)) for c in COLUMNS))
     return "\n".join(lines) + "\n"
 
 
@@ -119,15 +109,15 @@ def headline_markdown(protocol: str, image_size: int, rows: Sequence[Mapping[str
             cells = []
             for name in [*names, MEAN_ROW]:
                 r = by_key.get((method, backbone, name)) or {}
-                mean, std = r.get(f"{metric}_mean"), r.get(f"{metric}_std")
-                text = _fmt3(mean) + (f" ± {std:.3f}" if std is not None else "")
+                mean = r.get(f"{metric}_mean")
+                text = fmt_pm(mean, r.get(f"{metric}_std"))
                 cells.append(f"**{text}**" if name == MEAN_ROW and mean is not None else text)
             out.append(f"| {method} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["Observe / score ms per image (median, the method's own work):", "",
             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for method, backbone in methods:
-        cells = [f"{_fmt1(by_key.get((method, backbone, n), {}).get('observe_ms'))} / "
-                 f"{_fmt1(by_key.get((method, backbone, n), {}).get('score_ms'))}" for n in names]
+        cells = [f"{fmt1(by_key.get((method, backbone, n), {}).get('observe_ms'))} / "
+                 f"{fmt1(by_key.get((method, backbone, n), {}).get('score_ms'))}" for n in names]
         out.append(f"| {method} | " + " | ".join(cells) + " |")
     return out + [""]

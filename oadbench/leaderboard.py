@@ -41,66 +41,28 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
-import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from oadbench.errors import ConfigError, DataError
-from oadbench.protocol import ProtocolSpec, protocol_files, read_protocol_file
+from oadbench.cells import (
+    COSTS,
+    CPU,
+    GPU_COSTS,
+    METRICS,
+    SUMMARIES,
+    assign_cells,
+    file_contaminations,
+    run_values,
+    undrifted_key,
+)
+from oadbench.errors import DataError
+from oadbench.headline import build_headline, headline_csv, headline_markdown
 from oadbench.results import FINISHED, iter_records
+from oadbench.stats import MEAN_ROW, fmt, fmt0, fmt1, fmt3, fmt_pm, mean_over, seed_stats
 
-METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
-SUMMARIES = ("aulc", "images_to_95")
-COSTS = ("observe_ms", "score_ms", "train_s", "peak_rss_mb", "footprint_mb")
-GPU_COSTS = ("cuda_peak_mb", "cuda_method_peak_mb", "cuda_features_peak_mb")  # only in tables with GPU records
-CPU = "cpu"
-TRAINING_PHASES = ("observe_warmup", "observe", "consolidate")  # the method's own learning work
-MEAN_ROW = "mean"
 HEADLINE_RECORDS = Path("headline", "records")  # the headline table's records, inside a leaderboards folder
-
-
-def file_contaminations() -> dict[str, float | None]:
-    """Protocol name -> the stream contamination its protocol file sets (None: no fixed ratio or unreadable)."""
-    ratios: dict[str, float | None] = {}
-    for name, path in protocol_files().items():
-        try:
-            ratios[name] = ProtocolSpec.from_dict(read_protocol_file(path), source=str(path)).stream.contamination
-        except ConfigError:
-            ratios[name] = None
-    return ratios
-
-
-def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> str:
-    """The table a run belongs to, from its resolved protocol config: the name, ``_k<k>`` when the protocol has a
-    warm-up of k images, ``_c<percent>`` when the contamination differs from the one the protocol file of that
-    name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation)."""
-    name = str(protocol["name"])
-    label = name
-    k = int((protocol.get("warmup") or {}).get("k") or 0)
-    if k:
-        label += f"_k{k}"
-    ratio, default = (protocol.get("stream") or {}).get("contamination"), file_ratios.get(name)
-    if ratio is not None and default is not None and not math.isclose(float(ratio), default):
-        label += f"_c{100 * float(ratio):g}"
-    return label
-
-
-def table_of(record: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> tuple[str, str]:
-    """(protocol label, dataset name): the leaderboard table, and the figures' group, a record belongs to."""
-    cfg = record["config"]
-    return protocol_label(cfg["protocol"], file_ratios), cfg["dataset"]["name"]
-
-
-def record_device(record: Mapping[str, Any]) -> str:
-    """The device type a record ran on: its identity's (CUDA runs), else its config's, else ``cpu``."""
-    numeric = (record.get("identity") or {}).get("device")
-    if isinstance(numeric, Mapping) and numeric.get("type"):
-        return str(numeric["type"])
-    return str((record.get("config") or {}).get("device") or CPU).split(":")[0]
 
 
 def columns(drift: bool = False, gpu: bool = False) -> list[str]:
@@ -117,84 +79,10 @@ def columns(drift: bool = False, gpu: bool = False) -> list[str]:
     return cols
 
 
-def undrifted_key(record: Mapping[str, Any]) -> str:
-    """A run's identity without the protocol's name, description and drift: equal for a drift run and the same
-    run without drift."""
-    identity = dict(record.get("identity") or {})
-    identity["protocol"] = {k: v for k, v in (identity.get("protocol") or {}).items()
-                            if k not in ("name", "description", "drift")}
-    return json.dumps(identity, sort_keys=True, default=str)
-
-
-def run_values(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The numbers one record contributes to its leaderboard cell."""
-    final = record.get("final") or {}
-    summary = record.get("summary") or {}
-    cost = record.get("cost") or {}
-    values: dict[str, Any] = {m: final.get(m) for m in METRICS}
-    for s in SUMMARIES:
-        for m in METRICS:
-            values[f"{s}_{m}"] = (summary.get(m) or {}).get(s)
-    observe = cost.get("observe") or {}
-    if observe.get("median_ms") is None:  # offline and few-shot runs learn from the warm-up images
-        observe = cost.get("observe_warmup") or {}
-    values["observe_ms"] = observe.get("median_ms")
-    spent = [(cost.get(phase) or {}).get("total_s") for phase in TRAINING_PHASES]
-    values["train_s"] = sum(x for x in spent if x is not None) if any(x is not None for x in spent) else None
-    values["score_ms"] = (cost.get("score") or {}).get("median_ms")
-    values["peak_rss_mb"] = cost.get("peak_rss_mb")
-    footprint = cost.get("footprint_bytes")
-    values["footprint_mb"] = None if footprint is None else footprint / 2**20
-    for key in GPU_COSTS:
-        values[key] = cost.get(key)
-    initial = record.get("final_initial")
-    if initial is not None:
-        for m in METRICS:
-            values[f"{m}_initial"] = initial.get(m)
-    return values
-
-
-def _numbers(values: Iterable[Any]) -> list[float]:
-    """The defined values (None and NaN are undefined metrics)."""
-    return [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-
-
-def _mean(values: Iterable[Any]) -> float | None:
-    xs = _numbers(values)
-    return statistics.fmean(xs) if xs else None
-
-
-def _std(values: Iterable[Any]) -> float | None:
-    xs = _numbers(values)
-    return statistics.stdev(xs) if len(xs) > 1 else None
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
 def default_headline(folder: Path) -> Path | None:
     """The headline table's records inside the leaderboards ``folder``, or None where it has none."""
     path = folder / HEADLINE_RECORDS
     return path if path.is_dir() else None
-
-
-def seed_stats(runs: Mapping[int, Mapping[str, Any]], metrics: Iterable[str], means: Iterable[str] = ()
-               ) -> dict[str, float | None]:
-    """Over the seeds of ``runs`` (seed -> run values): ``<m>_mean`` and ``<m>_std`` of each metric, the plain
-    mean of each key of ``means``; missing values are left out."""
-    seeds = sorted(runs)
-    out: dict[str, float | None] = {}
-    for m in metrics:
-        out[f"{m}_mean"] = _mean(runs[s].get(m) for s in seeds)
-        out[f"{m}_std"] = _std(runs[s].get(m) for s in seeds)
-    for key in means:
-        out[key] = _mean(runs[s].get(key) for s in seeds)
-    return out
 
 
 def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapping[int, Mapping[str, Any]],
@@ -220,25 +108,11 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         lambda: defaultdict(dict))
     meta: dict[tuple[str, str], dict[tuple[str, str, str, str], list[dict[str, Any]]]] = defaultdict(
         lambda: defaultdict(list))
-    owners: dict[tuple, tuple[str, Path]] = {}
     file_ratios = file_contaminations()
     records = [(p, r) for p, r in records if r.get("status") == FINISHED]
     undrifted = {undrifted_key(r): r["final"] for _, r in records if r.get("final_initial") is None}
-    for path, record in records:
-        if record.get("status") != FINISHED:
-            continue
-        cfg = record["config"]
-        table = table_of(record, file_ratios)
-        cell = (cfg["method"]["name"], record["backbone"]["name"], record_device(record),
-                str(cfg["dataset"]["category"]))
-        seed = int(cfg["seed"])
-        key = (*table, *cell, seed)
-        if key in owners and owners[key][0] != record.get("id"):
-            raise DataError(f"two records for {'/'.join(map(str, key[:6]))} seed {seed} with different "
-                            f"configurations: {owners[key][1]} and {path}; a leaderboard cell is one configuration")
-        if key in owners:
-            continue  # the same run copied twice
-        owners[key] = (record.get("id"), path)
+    for placed in assign_cells(records, file_ratios):
+        record, table, cell, seed = placed.record, placed.table, placed.cell, placed.seed
         values = run_values(record)
         if record.get("final_initial") is not None:
             base = undrifted.get(undrifted_key(record)) or {}
@@ -259,7 +133,7 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
             per_seed: dict[int, dict[str, Any]] = {}
             for seed in sorted({s for c in cell_keys for s in cells[table][c]}):
                 present = [cells[table][c][seed] for c in cell_keys if seed in cells[table][c]]
-                per_seed[seed] = {k: _mean(v[k] for v in present) for k in present[0]}
+                per_seed[seed] = mean_over(present, present[0])
                 per_seed[seed]["_n"] = len(present)
             rows.append(_cell_row(method, backbone, device, MEAN_ROW, per_seed,
                                   [m for c in cell_keys for m in meta[table][c]]))
@@ -283,17 +157,14 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     cols = columns(drift=is_drift_table(rows), gpu=is_gpu_table(rows))
     writer.writerow(cols)
     for row in rows:
-        writer.writerow([_fmt(row.get(c)) for c in cols])
+        writer.writerow([fmt(row.get(c)) for c in cols])
     return buf.getvalue()
 
 
 def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], first: Sequence[str] = ()) -> str:
     """The README: an introduction, ``first`` (Markdown lines: the headline table), then every table."""
     def pm(row: Mapping[str, Any], metric: str) -> str:
-        mean, std = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
-        if mean is None:
-            return "–"
-        return f"{mean:.3f}" + (f" ± {std:.3f}" if std is not None else "")
+        return fmt_pm(row.get(f"{metric}_mean"), row.get(f"{metric}_std"))
 
     lines = ["# Leaderboards", "",
              "Generated by `oadbench leaderboard` from the run records in `records/`; do not edit by hand.",
@@ -317,35 +188,21 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
                   + "---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|"]
         for r in rows:
             cat = f"**{r['category']}**" if r["category"] == MEAN_ROW else r["category"]
-            extra = f"{pm(r, 'image_auroc_initial')} | {_fmt3(r.get('drop_image_auroc'))} | " if drift else ""
+            extra = f"{pm(r, 'image_auroc_initial')} | {fmt3(r.get('drop_image_auroc'))} | " if drift else ""
             device = f"{r['device']} | " if gpu else ""
-            memory = f"{_fmt0(r.get('cuda_method_peak_mb'))} / {_fmt0(r.get('cuda_peak_mb'))} | " if gpu else ""
+            memory = f"{fmt0(r.get('cuda_method_peak_mb'))} / {fmt0(r.get('cuda_peak_mb'))} | " if gpu else ""
             lines.append(f"| {r['method']} | {r['backbone']} | {device}{cat} | {pm(r, 'image_auroc')} | {extra}"
-                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {_fmt3(r.get('aulc_image_auroc'))} | "
-                         f"{_fmt1(r.get('observe_ms'))} | {_fmt1(r.get('score_ms'))} | {_fmt1(r.get('train_s'))} | "
+                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {fmt3(r.get('aulc_image_auroc'))} | "
+                         f"{fmt1(r.get('observe_ms'))} | {fmt1(r.get('score_ms'))} | {fmt1(r.get('train_s'))} | "
                          f"{memory}{r['n_runs']} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _fmt3(v: float | None) -> str:
-    return "–" if v is None else f"{v:.3f}"
-
-
-def _fmt1(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
-
-
-def _fmt0(v: float | None) -> str:
-    return "–" if v is None else f"{v:.0f}"
 
 
 def compile_leaderboards(records_dir: Path, out_dir: Path, headline_dir: Path | None = None) -> list[Path]:
     """Write every leaderboard CSV and the Markdown README; returns the written paths. ``headline_dir``: records
     of the headline table (:mod:`oadbench.headline`), written to ``<out_dir>/headline/<protocol>_<size>px.csv``
     and as the README's first table."""
-    from oadbench.headline import build_headline, headline_csv, headline_markdown
-
     records_dir, out_dir = Path(records_dir), Path(out_dir)
     if not records_dir.is_dir():
         raise DataError(f"records directory {records_dir} does not exist")

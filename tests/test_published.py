@@ -83,7 +83,7 @@ def test_the_published_figures_exist_and_the_readme_shows_them(tmp_path, capsys,
             path.touch()
         return paths
 
-    monkeypatch.setattr(oadbench.figures, "_save", names_only)
+    monkeypatch.setattr(oadbench.figures, "save_figure", names_only)
     assert main(["figs", str(RECORDS), "--out", str(tmp_path)]) == 0
     assert {p.name for p in tmp_path.iterdir()} == {p.name for p in figs.iterdir()}
 
