@@ -244,11 +244,11 @@ def test_cpu_costs_have_no_gpu_keys():
 def test_the_runner_counts_its_backbone_and_kept_features_as_its_own(tmp_path):
     execution = Execution(prepare(small_run(tmp_path, "method=padim")))
     execution.setup()
-    weights = sum(t.numel() * t.element_size() for t in [*execution.features.backbone.parameters(),
-                                                         *execution.features.backbone.buffers()])
-    assert execution._resident_bytes() == weights
-    es = execution.eval_set(0)
-    assert execution._resident_bytes() == weights + sum(f.numel() * f.element_size() for f in es.features)
+    backbone = execution.data.features.backbone
+    weights = sum(t.numel() * t.element_size() for t in [*backbone.parameters(), *backbone.buffers()])
+    assert execution.meter.resident() == weights
+    es = execution.data.eval_set(0)
+    assert execution.meter.resident() == weights + sum(f.numel() * f.element_size() for f in es.features)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ import pytest
 
 from oadbench.errors import ConfigError, DataError, MethodError
 from oadbench.method import discover_methods
-from oadbench.protocol import load_protocol
+from oadbench.protocol import EVAL_MODES, load_protocol
 from oadbench.results import read_record
-from oadbench.runner import Execution, prepare, run
+from oadbench.runner import STRATEGIES, Execution, prepare, run
 from tests.conftest import SMALL, small_run
 from tests.devices import DEVICES
 
@@ -226,11 +226,17 @@ def test_prepare_rejects_bad_top_level_values(tmp_path):
         assert key in str(err.value)
 
 
+def test_every_evaluation_mode_a_protocol_may_name_has_its_strategy():
+    assert set(STRATEGIES) == set(EVAL_MODES)
+    assert all(STRATEGIES[mode].mode == mode for mode in EVAL_MODES)
+
+
 def test_stream_batches_are_released_once_consumed(tmp_path):
     """Memory must not grow with the stream: a consumed batch's images are not kept by the runner."""
     execution = Execution(prepare(small_run(tmp_path, "protocol.stream.batch_size=2")))
+    execution.setup()
     alive = []
-    for idx, future in execution._batches(0, list(range(SMALL["n_train"])), set()):
+    for idx, future in execution.data.batches(0, list(range(SMALL["n_train"])), set(), observed=0):
         images, _ = future.result()
         assert images.shape[0] == len(idx)
         alive.append(weakref.ref(images))

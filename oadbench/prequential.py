@@ -1,0 +1,59 @@
+"""Prequential evaluation (score, then observe): every stream batch is scored by the method as it is before it
+observes that batch; at each checkpoint the metrics are computed over every stream image scored so far.
+
+Warm-up images are observed without being scored. Stream images are scored in their own drift state (the state
+they are observed in) against their masks; pixel metrics are NaN when an anomalous stream image has no mask. A
+checkpoint's metrics are over every stream image scored so far (a stream of several tasks pools them), filed
+under the current task. The W&B panels show the last stream batches scored; no maps file is written (there is no
+fixed evaluation split).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from oadbench.evaluation import Evaluation, Panel
+
+PANEL_BATCHES = 16  # the last stream batches kept for the W&B panels
+
+
+class Prequential(Evaluation):
+    mode = "prequential"
+
+    def run(self) -> None:
+        stops = self.stops()
+        scores: list[np.ndarray] = []
+        maps: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        tail_images: list[torch.Tensor] = []
+        has_masks = True
+        for t, task in enumerate(self.plan.tasks):
+            data = self.prep.datas[t]
+            for idx, future in self.data.batches(t, task.warmup, stops, self.observed):
+                images, _ = future.result()
+                batch, _, _ = self.stream_view(t, idx, images)
+                self.observe(batch, "observe_warmup")
+            for idx, future in self.data.batches(t, task.stream, stops, self.observed):
+                images, mask = future.result()
+                batch, images, mask = self.stream_view(t, idx, images, mask)  # scored in their own state
+                self.consolidate()
+                image_scores, image_maps = self.score(batch)
+                scores.append(image_scores)
+                maps.append(image_maps)
+                samples = [data.samples[i] for i in idx]
+                labels.append(np.array([s.label for s in samples]))
+                masks.append(mask.numpy())
+                tail_images = (tail_images + [images])[-PANEL_BATCHES:]
+                has_masks &= all(s.mask_path is not None for s in samples if s.is_anomalous)
+                self.observe(batch, "observe")
+                if self.observed in stops:
+                    m = self.metrics(np.concatenate(scores), np.concatenate(labels),
+                                     np.concatenate(maps) if has_masks else None,
+                                     np.concatenate(masks) if has_masks else None)
+                    self.checkpoint(t, {task.category: m})
+        if scores:
+            n = PANEL_BATCHES
+            self.panel = Panel(torch.cat(tail_images[-n:]), np.concatenate(labels[-n:]), np.concatenate(masks[-n:]),
+                               np.concatenate(scores[-n:]), np.concatenate(maps[-n:]))
