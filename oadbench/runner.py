@@ -89,7 +89,6 @@ def _skipped(prep: Prepared) -> dict[str, Any]:
     return record
 
 
-
 class Execution:
     """One prepared run, executed once: :meth:`setup` (backbone, pipeline, method), then the evaluation strategy,
     then the record, the maps file and the W&B run; a failure after the start leaves a failed record."""
