@@ -124,3 +124,38 @@ def test_float64_is_the_default_and_stays_out_of_the_identity():
     assert config_identity(build_config(cls, {"stats_dtype": "float32"}))["stats_dtype"] == "float32"
     with pytest.raises(ConfigError, match="method.stats_dtype"):
         build_config(cls, {"stats_dtype": "float16"})
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["online", "offline"])
+def test_the_cholesky_solve_scores_as_the_explicit_precision_did(mode, device):
+    """The default Mahalanobis form (triangular solve with the Cholesky factor) against the explicit precision
+    matrix it replaced: maps within float32 rounding of each other, and both forms' patch distances within float32
+    rounding of a float64 reference computed with numpy's inverse."""
+    sizes = [1] * 30 + [4] * 5
+    solve, inverse = make(mode, device, n_features=48), make(mode, device, n_features=48, mahalanobis="inverse")
+    for b in batches(sum(sizes), sizes, seed=5, device=device):
+        solve.observe(b)
+        inverse.observe(b)
+    query = next(batches(8, [8], seed=12, device=device))
+    a, b = solve.score(query), inverse.score(query)
+    torch.testing.assert_close(a.maps, b.maps, rtol=2e-6, atol=0)
+    assert not torch.equal(a.maps, b.maps)  # two computations, not one twice
+    _, mean, cov = solve.statistics()
+    emb = solve.embed(query)
+    diff = emb.double().cpu().numpy() - mean.cpu().numpy()  # (B, P, d)
+    precision = np.linalg.inv(cov.cpu().numpy() + 0.01 * np.eye(48))
+    reference = np.sqrt(np.einsum("bpi,pij,bpj->bp", diff, precision, diff))
+    errors = {}
+    for name, form in (("solve", solve), ("inverse", inverse)):
+        got = form.distances(emb.float()).double().cpu().numpy()
+        errors[name] = float(np.max(np.abs(got - reference) / reference))
+    assert all(0 < e < 2e-6 for e in errors.values()), errors
+
+
+def test_the_mahalanobis_form_is_checked_and_stays_out_of_the_identity_at_its_default():
+    cls = get_method("padim")
+    assert "mahalanobis" not in config_identity(build_config(cls, {"mahalanobis": "cholesky"}))
+    assert config_identity(build_config(cls, {"mahalanobis": "inverse"}))["mahalanobis"] == "inverse"
+    with pytest.raises(ConfigError, match="method.mahalanobis"):
+        build_config(cls, {"mahalanobis": "pinv"})
