@@ -13,6 +13,10 @@ Forms:
   update (exact for any batch sizes, float64 by default); the factorisation is recomputed lazily before scoring
   when new images were observed since the last one.
 
+Both forms keep the regularisation on the co-moment's diagonal: it holds max(n - 1, 1)·(Σ + ε·I), which the
+consolidation factorises as it is (L = chol / √max(n - 1, 1)), with no covariance formed in between;
+``statistics()`` gives Σ without ε.
+
 Mahalanobis distance (``mahalanobis``): ``cholesky`` (default) keeps the Cholesky factor L of Σ + ε·I (computed
 in the statistics' dtype, kept in float32) and scores a patch by the norm of z = L⁻¹(x - μ), a batched triangular
 solve; no inverse is formed. ``inverse``, the published code's form (its precision matrices; the paper's code
@@ -89,11 +93,16 @@ class PaDiM(Method):
             raise ConfigError("method.n_features", f"{d} exceeds the {total} channels of levels {config.layers}")
         gen = torch.Generator().manual_seed(context.seed)
         self.channel_index = torch.randperm(total, generator=gen)[:d].sort().values.to(self.device)
+        starts = [sum(context.channels[:i]) for i in range(len(context.channels) + 1)]
+        self.level_index = [self.channel_index[(self.channel_index >= a) & (self.channel_index < b)] - a
+                            for a, b in zip(starts[:-1], starts[1:], strict=True)]  # the subset, level by level
         self.d = d
         self.dtype = STATS_DTYPES[config.stats_dtype]
         self.n = 0
         self.mean: torch.Tensor | None = None  # (P, d) in ``dtype``
-        self.comoment: torch.Tensor | None = None  # (P, d, d) in ``dtype``: Σ (x - μ)(x - μ)ᵀ
+        # (P, d, d) in ``dtype``: Σ (x - μ)(x - μ)ᵀ + ε·max(n - 1, 1)·I, the co-moment with the regularisation
+        # kept on its diagonal: (n - 1)(Σ + ε·I), factorised as it is (:meth:`_ridge`)
+        self.comoment: torch.Tensor | None = None
         self._stored: list[torch.Tensor] = []  # offline: (b, P, d) float32 embeddings
         # (P, d, d) float32: the Cholesky factor L of Σ + ε·I (lower), or (Σ + ε·I)⁻¹ with ``mahalanobis=inverse``
         self._factor: torch.Tensor | None = None
@@ -103,8 +112,7 @@ class PaDiM(Method):
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """(B, P, d) embeddings, P = h·w positions of level ``layers[0]``."""
-        emb = concat_levels(batch.features, mode="nearest")
-        emb = emb.index_select(1, self.channel_index)
+        emb = concat_levels(batch.features, mode="nearest", select=self.level_index)  # = concat, then the subset
         self._grid = emb.shape[-2:]
         return emb.flatten(2).transpose(1, 2)
 
@@ -132,6 +140,12 @@ class PaDiM(Method):
             self.comoment.baddbmm_(delta, delta.transpose(1, 2), alpha=self.n * b / n)
             self.mean += delta.squeeze(2) * (b / n)
         self.n += b
+        self.comoment.diagonal(dim1=1, dim2=2).add_(self._ridge(self.n) - self._ridge(self.n - b))
+
+    def _ridge(self, n: int) -> float:
+        """What the co-moment of ``n`` images keeps on its diagonal: ε·max(n - 1, 1), 0 for none, so that it is
+        max(n - 1, 1)·(Σ + ε·I) (for n = 1: ε·I)."""
+        return self.config.epsilon * max(n - 1, 1) if n else 0.0
 
     def consolidate(self) -> None:
         if self.context.mode == "offline" and self._stale and self._stored:
@@ -145,6 +159,7 @@ class PaDiM(Method):
                 y = (block - mean).permute(1, 2, 0)
                 self.mean[s:s + 512] = mean
                 torch.bmm(y, y.transpose(1, 2), out=self.comoment[s:s + 512])
+            self.comoment.diagonal(dim1=1, dim2=2).add_(self._ridge(self.n))
         self._update_factor()
 
     def statistics(self) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
@@ -152,7 +167,9 @@ class PaDiM(Method):
         self.consolidate()
         if self.n == 0:
             return 0, None, None
-        return self.n, self.mean, self.comoment / max(self.n - 1, 1)
+        cov = self.comoment.clone()
+        cov.diagonal(dim1=1, dim2=2).sub_(self._ridge(self.n))
+        return self.n, self.mean, cov.div_(max(self.n - 1, 1))
 
     def _update_factor(self) -> None:
         if not self._stale:
@@ -163,15 +180,17 @@ class PaDiM(Method):
         if self.n == 0:
             self._factor = None
         else:
-            eye = self.config.epsilon * torch.eye(self.d, dtype=self.dtype, device=self.device)
             P = self.comoment.shape[0]
             if self._factor is None or self._factor.shape[0] != P:
                 self._factor = torch.empty(P, self.d, self.d, device=self.device)
             inverse = self.config.mahalanobis == "inverse"
+            m = max(self.n - 1, 1)  # the co-moment is m·(Σ + ε·I): L = chol(co-moment) / √m
             for s in range(0, P, 512):  # blocks of positions keep the temporaries small
-                cov = self.comoment[s:s + 512] / max(self.n - 1, 1) + eye
-                factor = torch.linalg.cholesky(cov)
-                self._factor[s:s + 512] = torch.cholesky_inverse(factor) if inverse else factor
+                factor = torch.linalg.cholesky(self.comoment[s:s + 512])
+                if inverse:
+                    self._factor[s:s + 512] = torch.cholesky_inverse(factor).mul_(m)
+                else:  # scaled in place in the statistics' dtype, then rounded once to float32
+                    self._factor[s:s + 512] = factor.mul_(m ** -0.5)
         self._stale = False
 
     # ---------------------------------------------------------------------------------------------------------

@@ -192,10 +192,10 @@ def numeric_environment(device: torch.device, precision: str) -> dict[str, Any]:
 def warm_up(device: torch.device, backbone: torch.nn.Module | None = None, image_size: int = 64,
             batch_sizes: Iterable[int] = (1,)) -> float:
     """CUDA's one-off start-up work before any meter runs: the backbone's forward at each batch size (its first
-    kernels, cuDNN), a matrix product and a batched one (cuBLAS handle and workspace), a Cholesky factorisation
-    and inverse (cuSOLVER), a convolution's backward pass and an optimiser step (autograd, cuDNN's backward
-    kernels). Draws no random numbers (the run's random streams are untouched) and keeps nothing. Returns the
-    seconds it took; 0 on the CPU, where nothing is done."""
+    kernels, cuDNN), a matrix product and a batched one (cuBLAS handle and workspace), a Cholesky factorisation,
+    its inverse and a triangular solve (cuSOLVER, cuBLAS), a convolution's backward pass and an optimiser step
+    (autograd, cuDNN's backward kernels). Draws no random numbers (the run's random streams are untouched) and
+    keeps nothing. Returns the seconds it took; 0 on the CPU, where nothing is done."""
     if device.type != "cuda":
         return 0.0
     torch.cuda.synchronize(device)
@@ -209,7 +209,9 @@ def warm_up(device: torch.device, backbone: torch.nn.Module | None = None, image
         torch.bmm(a.expand(4, 64, 64), a.expand(4, 64, 64))
         for dtype in (torch.float32, torch.float64):
             spd = torch.eye(16, device=device, dtype=dtype).expand(3, 16, 16) * 2.0
-            torch.cholesky_inverse(torch.linalg.cholesky(spd))
+            factor = torch.linalg.cholesky(spd)
+            torch.cholesky_inverse(factor)
+            torch.linalg.solve_triangular(factor.float(), torch.ones(3, 16, 2, device=device), upper=False)
         torch.topk(a, 3, dim=1)
     weight = torch.full((8, 8, 1, 1), 0.1, device=device, requires_grad=True)
     x = torch.linspace(-1.0, 1.0, 8 * 16 * 16, device=device).view(1, 8, 16, 16)

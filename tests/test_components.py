@@ -158,6 +158,13 @@ def test_gaussian_blur_matches_scipy_and_concat_levels_shapes():
     out = concat_levels(feats, pool=3)
     assert out.shape == (2, 8, 16, 16)
     torch.testing.assert_close(out[:, :3, 5, 5], feats[0][:, :, 4:7, 4:7].mean((2, 3)))
+    # channels selected level by level before a nearest resize = the same channels of the concatenation
+    keep = torch.tensor([1, 3, 4, 6])
+    select = [torch.tensor([1]), torch.tensor([0, 1, 3])]
+    full = concat_levels(feats, mode="nearest").index_select(1, keep)
+    assert torch.equal(concat_levels(feats, mode="nearest", select=select), full)
+    assert torch.equal(concat_levels(feats, mode="nearest", select=[torch.tensor([], dtype=torch.long), select[1]]),
+                       full[:, 1:])
 
 
 @pytest.mark.parametrize("device", DEVICES)
