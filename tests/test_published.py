@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,17 @@ def test_every_committed_lemo_record_uses_lemos_current_defaults():
         method = json.loads(path.read_text())["config"]["method"]
         differ = sorted(k for k in method.keys() | defaults.keys() if method.get(k) != defaults.get(k))
         assert not differ, f"{path.relative_to(REPO)}: {differ} differ from LeMO's defaults"
+
+
+def test_no_committed_record_names_a_path_of_the_machine_that_ran_it():
+    """Committed records name their results folder and data roots relative to the checkout (``leaderboards/...``,
+    ``../shared/data/...``, ``.cache/synthetic``), never an absolute path of the machine that ran them."""
+    paths = sorted(BOARDS.rglob("*.json")) + sorted((REPO / "tests" / "records").rglob("*.json"))
+    absolute = []
+    for path in paths:
+        config = json.loads(path.read_text()).get("config") or {}
+        for key, value in (("results_dir", config.get("results_dir")),
+                           ("dataset.root", (config.get("dataset") or {}).get("root"))):
+            if isinstance(value, str) and (value.startswith("/") or value.startswith("~")):
+                absolute.append(f"{path.relative_to(REPO)}: {key}={value}")
+    assert paths and not absolute, absolute[:5]
