@@ -6,8 +6,9 @@ the :class:`~oadbench.method.Batch` a method sees.
   workers run torch with one thread each (they are parallel across images already): a worker thread that runs a
   torch op with OpenMP keeps a team of OpenMP threads of its own, and with more OpenMP threads alive than cores
   libgomp stops spinning, so that every parallel region of the run's own thread waits on the kernel afterwards.
-  Measured: PaDiM's batched triangular solve (4096 positions, d = 100, 16 images) took 0.27-0.30 s instead of
-  0.03 s on 2 cores while the workers were multi-threaded (``benchmarks/bench_default_run.py``).
+  Measured on 2 cores: a batched triangular solve of PaDiM's size (4096 positions, d = 100, 16 images) took
+  0.27-0.30 s instead of 0.03 s once four multi-threaded workers had run a torch op (a standalone measurement,
+  not a benchmark of this repository; ``benchmarks/bench_default_run.py`` measures the whole run).
 - Drift (:mod:`oadbench.drift`): the j-th image of a stream batch is seen in the drift state after
   ``observed + j`` images of the run's T (:meth:`Pipeline.drift_state`); an evaluation split is seen in the state
   of its checkpoint.

@@ -82,12 +82,7 @@ def prepare(config: Mapping[str, Any]) -> Prepared:
         if root is None:
             raise ConfigError(f"dataset.{loader.root_option}", f"is required for dataset '{loader.name}'; "
                               f"expected:\n{loader.layout.rstrip()}")
-    if root is None:
-        root = loader.default_root()
-        if root is None:
-            raise ConfigError("dataset.root", f"is required for dataset '{loader.name}'; expected layout:\n"
-                              f"{loader.layout.rstrip()}")
-    root = Path(str(root)).expanduser()
+    root = loader.resolve_root(root)
     if spec.categories is not None:
         categories = list(spec.categories)
     elif dcfg.get("category") is not None:

@@ -97,6 +97,7 @@ class Execution:
         self.prep = prep
         self.cfg = prep.config
         self.spec = prep.spec
+        self.meter: CostMeter | None = None
         self.data: Pipeline | None = None
         self.evaluation: Evaluation | None = None
         self.log = CheckpointLog(prep.spec.metrics, prep.spec.continual, self._on_checkpoint)
@@ -199,7 +200,7 @@ class Execution:
 
     def _results(self) -> dict[str, Any]:
         features = self.data.features if self.data is not None else None
-        return run_record.results(self.prep, self.log.entries, getattr(self, "meter", None), features)
+        return run_record.results(self.prep, self.log.entries, self.meter, features)
 
     def _close(self, failed: bool, record: dict[str, Any] | None) -> None:
         if self.bar is not None:

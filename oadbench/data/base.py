@@ -41,6 +41,16 @@ class DatasetLoader(abc.ABC):
         """Root used when the config gives none (only the embedded synthetic dataset has one)."""
         return None
 
+    def resolve_root(self, root: Any) -> Path:
+        """The given ``root`` (``~`` expanded), else :meth:`default_root`; neither is a ConfigError naming
+        ``dataset.root`` and the expected layout."""
+        if root is None:
+            root = self.default_root()
+            if root is None:
+                raise ConfigError("dataset.root", f"is required for dataset '{self.name}'; expected layout:\n"
+                                  f"{self.layout.rstrip()}")
+        return Path(str(root)).expanduser()
+
     def config_defaults(self) -> dict[str, Any]:
         return {"name": self.name, "root": None, "category": None, **self.options}
 

@@ -36,13 +36,7 @@ def export_dataset(dataset: Mapping[str, Any], out: Path) -> list[Path]:
         raise ConfigError("dataset", f"dataset '{loader.name}' is already Parquet/Arrow data; export reads the image "
                           "files of a folder-based dataset", allowed=[n for n in _folder_datasets()])
     options = {k: v for k, v in dataset.items() if k not in ("name", "root", "category")}
-    root = dataset.get("root")
-    if root is None:
-        root = loader.default_root()
-        if root is None:
-            raise ConfigError("dataset.root", f"is required for dataset '{loader.name}'; expected layout:\n"
-                              f"{loader.layout.rstrip()}")
-    root = Path(str(root)).expanduser()
+    root = loader.resolve_root(dataset.get("root"))
     category = dataset.get("category")
     if category is None:
         available = loader.categories(root)
