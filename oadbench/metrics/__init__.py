@@ -3,7 +3,8 @@
 Image level: :func:`image_auroc`, :func:`image_ap`, :func:`image_f1max` (or :func:`image_metrics` for
 several at once). Pixel level: :func:`pixel_auroc`, :func:`pixel_ap`, :func:`aupro` (MVTec AD per-region
 overlap, Bergmann et al. 2019/2021), or :func:`pixel_metrics`, which shares the expensive sorting between
-them. Online summaries of a learning curve: :mod:`oadbench.metrics.curves`.
+them. Per anomalous image: :func:`aupimo` (exact AUPIMO, Bertoldo et al. 2024; ``AUPIMO_FPR`` its default
+FPR range). Online summaries of a learning curve: :mod:`oadbench.metrics.curves`.
 
 Inputs are NumPy arrays or torch tensors (any device); results are python floats, NaN where a metric is
 undefined (no positive or no negative sample). Ties are handled exactly as in the standard definitions.
@@ -16,12 +17,15 @@ from oadbench.metrics.curves import (
     summarise_curve,
 )
 from oadbench.metrics.image import IMAGE_METRICS, image_ap, image_auroc, image_f1max, image_metrics
+from oadbench.metrics.pimo import AUPIMO_FPR, aupimo
 from oadbench.metrics.pixel import PIXEL_METRICS, aupro, pixel_ap, pixel_auroc, pixel_metrics
 
 __all__ = [
+    "AUPIMO_FPR",
     "IMAGE_METRICS",
     "PIXEL_METRICS",
     "area_under_learning_curve",
+    "aupimo",
     "aupro",
     "final_value",
     "image_ap",

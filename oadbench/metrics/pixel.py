@@ -52,7 +52,7 @@ _STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _STRUCTURE[1] = True
 
 
-def _prepare(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+def prepare_maps(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
     """Validated (N, H, W) scores and bool masks."""
     s = as_scores(maps, "maps")
     m = as_binary(masks, "masks")
@@ -70,7 +70,7 @@ def _check_limit(fpr_limit: float) -> float:
     return limit
 
 
-def _top_negatives(neg: np.ndarray, fpr_limit: float) -> np.ndarray:
+def top_negatives(neg: np.ndarray, fpr_limit: float) -> np.ndarray:
     """The normal-pixel scores at or above the ``fpr_limit`` quantile, all ties of the cut value included.
 
     ``neg`` is reordered in place (partitioned). Enough values are kept that FPR reaches ``fpr_limit``.
@@ -154,7 +154,7 @@ def pixel_metrics(
     """
     names = check_names(names, PIXEL_METRICS)
     limit = _check_limit(fpr_limit)
-    s, m = _prepare(maps, masks)
+    s, m = prepare_maps(maps, masks)
     if not names:
         return {}
     pos = s[m]
@@ -168,7 +168,7 @@ def pixel_metrics(
         if "pixel_auroc" in names or "pixel_ap" in names:
             wait = start_chunk_sort(neg, pool)
         else:
-            wait = start_chunk_sort(_top_negatives(neg, limit), pool)
+            wait = start_chunk_sort(top_negatives(neg, limit), pool)
         # Runs while the normal-pixel scores are being sorted in the pool's threads.
         if want_aupro:
             pos_sorted, pro_ge = _pro_weights(pos, m)
