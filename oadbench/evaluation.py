@@ -26,6 +26,7 @@ from oadbench.data import Sample
 from oadbench.errors import MethodError
 from oadbench.method import Batch, Method
 from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS, image_metrics, pixel_metrics
+from oadbench.per_image import PerImage
 from oadbench.pipeline import DriftState, Pipeline
 
 
@@ -64,6 +65,11 @@ class Evaluation(abc.ABC):
     def run(self) -> None:
         """Feed the whole stream plan to the method, adding each evaluation to the checkpoint log."""
 
+    def per_image(self) -> PerImage | None:
+        """The per-image results of the run once :meth:`run` has returned (:mod:`oadbench.per_image`), or None
+        where the strategy keeps none."""
+        return None
+
     def stops(self) -> set[int]:
         """The protocol's evaluation times, in observed images."""
         return set(self.spec.checkpoints(self.plan.total_observed, self.plan.task_ends))
@@ -76,10 +82,11 @@ class Evaluation(abc.ABC):
         self.tick(len(batch))
 
     def stream_view(self, t: int, idx: list[int], images: torch.Tensor, masks: torch.Tensor | None = None
-                    ) -> tuple[Batch, torch.Tensor, torch.Tensor | None]:
-        """Stream images of task ``t`` in their drift states: (the method's batch, the images, the masks)."""
+                    ) -> tuple[Batch, torch.Tensor, torch.Tensor | None, list[DriftState]]:
+        """Stream images of task ``t`` in their drift states: (the method's batch, the images, the masks, the
+        states)."""
         images, masks, states = self.data.drift_stream(t, idx, images, masks, self.observed)
-        return self.data.stream_batch(t, idx, images, states), images, masks
+        return self.data.stream_batch(t, idx, images, states), images, masks, states
 
     def consolidate(self) -> None:
         """The method's work between observing and scoring (timed as ``consolidate``)."""

@@ -5,21 +5,29 @@ Warm-up images are observed without being scored. Stream images are scored in th
 they are observed in) against their masks; pixel metrics are NaN when an anomalous stream image has no mask. A
 checkpoint's metrics are over every stream image scored so far (a stream of several tasks pools them), filed
 under the current task. The W&B panels show the last stream batches scored; no maps file is written (there is no
-fixed evaluation split).
+fixed evaluation split). The per-image results are every scored stream image in stream order
+(:class:`oadbench.per_image.StreamRows`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 
 from oadbench.evaluation import Evaluation, Panel
+from oadbench.per_image import PerImage, StreamRows
 
 PANEL_BATCHES = 16  # the last stream batches kept for the W&B panels
 
 
 class Prequential(Evaluation):
     mode = "prequential"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.rows = StreamRows()
 
     def run(self) -> None:
         stops = self.stops()
@@ -33,16 +41,18 @@ class Prequential(Evaluation):
             data = self.prep.datas[t]
             for idx, future in self.data.batches(t, task.warmup, stops, self.observed):
                 images, _ = future.result()
-                batch, _, _ = self.stream_view(t, idx, images)
+                batch, *_ = self.stream_view(t, idx, images)
                 self.observe(batch, "observe_warmup")
             for idx, future in self.data.batches(t, task.stream, stops, self.observed):
                 images, mask = future.result()
-                batch, images, mask = self.stream_view(t, idx, images, mask)  # scored in their own state
+                batch, images, mask, states = self.stream_view(t, idx, images, mask)  # scored in their own state
                 self.consolidate()
                 image_scores, image_maps = self.score(batch)
                 scores.append(image_scores)
                 maps.append(image_maps)
                 samples = [data.samples[i] for i in idx]
+                self.rows.add(task.category, samples, image_scores,
+                              [self.data.drift.describe(s) for s in states] if self.data.drift else None)
                 labels.append(np.array([s.label for s in samples]))
                 masks.append(mask.numpy())
                 tail_images = (tail_images + [images])[-PANEL_BATCHES:]
@@ -57,3 +67,6 @@ class Prequential(Evaluation):
             n = PANEL_BATCHES
             self.panel = Panel(torch.cat(tail_images[-n:]), np.concatenate(labels[-n:]), np.concatenate(masks[-n:]),
                                np.concatenate(scores[-n:]), np.concatenate(maps[-n:]))
+
+    def per_image(self) -> PerImage | None:
+        return self.rows.table()

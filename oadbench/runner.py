@@ -49,6 +49,7 @@ from oadbench.evaluation import Evaluation
 from oadbench.extraction import FeatureSource
 from oadbench.holdout import Holdout
 from oadbench.method import MethodContext
+from oadbench.per_image import save_per_image
 from oadbench.pipeline import Pipeline
 from oadbench.preparation import Prepared, prepare
 from oadbench.prequential import Prequential
@@ -193,6 +194,7 @@ class Execution:
         record["tracking"] = {"wandb_mode": self.tracker.mode, "wandb_run_id": self.tracker.run_id,
                               "wandb_dir": self.tracker.run_dir}
         record["maps_file"] = save_maps(p.path, panel)
+        record["per_image"] = save_per_image(p.path, self.evaluation.per_image())
         write_record(p.path, record)
         self._close(failed=False, record=record)
         record["path"] = str(p.path)
