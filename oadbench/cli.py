@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,16 @@ commands:
   run  [KEY=VALUE ...]          one run (or a sweep with -m), configured with Hydra overrides, e.g.
                                 oadbench run protocol=online_cold_start method=padim dataset=synthetic seed=0
   list methods|protocols|datasets
-  leaderboard [RECORDS_DIR] [--out DIR] [--headline DIR]
+  leaderboard [RECORDS_DIR ...] [--out DIR] [--headline DIR ...] [--skip-unreadable]
                                 compile run records into leaderboards/<protocol>/<dataset>.csv and README.md
                                 (default: the committed leaderboards/records into leaderboards/, and
-                                leaderboards/headline/records as the README's first table)
-  figs [RECORDS_DIR] [--out DIR] paper figures (PDF and PNG) from run records (default: into paper_figs/)
+                                leaderboards/headline/records as the README's first table); several folders
+                                (yours and the published ones) compile into one set of tables
+  figs [RECORDS_DIR ...] [--out DIR] [--headline DIR ...] [--skip-unreadable]
+                                paper figures (PDF and PNG) from run records (default: into paper_figs/)
+  compare A B [--records DIR ...] [--metric M] [--protocol P] [--out CSV]
+                                A against B (record folders, METHOD@FOLDER, or method names in the published
+                                headline records): paired differences, intervals and p-values per data set
   ablation [RECORDS_DIR] [--spec FILE] [--baselines DIR] [--out DIR]
                                 an ablation's tables and figures from its records and spec (default: the
                                 committed leaderboards/lemo_ablation)
@@ -65,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _figs(rest)
         if command == "ablation":
             return _ablation(rest)
+        if command == "compare":
+            return _compare(rest)
     except OadbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -228,47 +235,88 @@ def _repo_or_cwd(name: str) -> Path:
     return repo_dir(name) or Path(name)
 
 
-def _records_command(args: list[str], prog: str, out_default: Path, out_help: str,
-                     action: Callable[[Path, Path], list[Path]]) -> int:
-    """``prog [RECORDS_DIR] [--out DIR]`` (records default: the committed ``leaderboards/records``): runs
-    ``action(records, out)`` and prints the paths it wrote, one per line."""
-    parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("records", nargs="?", type=Path, default=_repo_or_cwd("leaderboards") / "records",
-                        help="directory of run records (searched recursively)")
-    parser.add_argument("--out", type=Path, default=out_default, help=out_help)
-    ns = parser.parse_args(args)
-    for path in action(ns.records, ns.out):
-        print(path)
-    return 0
-
-
 def _leaderboard(args: list[str]) -> int:
     from oadbench.leaderboard import compile_leaderboards, default_headline
 
     folder = _repo_or_cwd("leaderboards")
     parser = argparse.ArgumentParser(prog="oadbench leaderboard")
-    parser.add_argument("records", nargs="?", type=Path, default=None,
-                        help="directory of run records (searched recursively; default: the committed "
-                             "leaderboards/records, with leaderboards/headline/records as the headline table)")
+    parser.add_argument("records", nargs="*", type=Path,
+                        help="folders of run records (searched recursively; several compile into one set of tables; "
+                             "default: the committed leaderboards/records, with leaderboards/headline/records as "
+                             "the headline table)")
     parser.add_argument("--out", type=Path, default=folder, help="where the CSVs and README.md go")
-    parser.add_argument("--headline", type=Path, default=None,
-                        help="records of the headline table (one protocol, one input size), the README's first")
+    parser.add_argument("--headline", type=Path, action="append", default=None,
+                        help="records of the headline table (one protocol, one input size), the README's first; "
+                             "repeat to add folders")
+    _skip_option(parser)
     ns = parser.parse_args(args)
     headline = ns.headline
-    if ns.records is None:
-        ns.records = folder / "records"
+    if not ns.records:
+        ns.records = [folder / "records"]
         if headline is None:
             headline = default_headline(folder)
-    for path in compile_leaderboards(ns.records, ns.out, headline):
+    for path in compile_leaderboards(ns.records, ns.out, headline, skip_unreadable=ns.skip_unreadable):
         print(path)
     return 0
 
 
+def _skip_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="compile without record files that cannot be read (bad JSON, missing keys, a per-image "
+                             "file whose digest does not match), listing them; default: stop with an error naming "
+                             "each")
+
+
 def _figs(args: list[str]) -> int:
     from oadbench.figures import draw_figures
+    from oadbench.leaderboard import default_headline
 
-    return _records_command(args, "oadbench figs", _repo_or_cwd("paper_figs"), "where the PDF and PNG figures go",
-                            draw_figures)
+    folder = _repo_or_cwd("leaderboards")
+    parser = argparse.ArgumentParser(prog="oadbench figs")
+    parser.add_argument("records", nargs="*", type=Path,
+                        help="folders of run records (default: the committed leaderboards/records, with "
+                             "leaderboards/headline/records for the headline's critical-difference diagram)")
+    parser.add_argument("--out", type=Path, default=_repo_or_cwd("paper_figs"), help="where the PDF and PNG go")
+    parser.add_argument("--headline", type=Path, action="append", default=None,
+                        help="records of the headline table, for its critical-difference diagram; repeatable")
+    _skip_option(parser)
+    ns = parser.parse_args(args)
+    headline = ns.headline or []
+    if not ns.records:
+        ns.records = [folder / "records"]
+        if ns.headline is None:
+            headline = [h for h in [default_headline(folder)] if h is not None]
+    for path in draw_figures(ns.records, ns.out, headline, skip_unreadable=ns.skip_unreadable):
+        print(path)
+    return 0
+
+
+def _compare(args: list[str]) -> int:
+    from oadbench.compare import COMPARE_METRICS, compare, load_side, to_csv, to_text
+
+    parser = argparse.ArgumentParser(
+        prog="oadbench compare",
+        description="A against B on the data sets both cover: per data set the paired difference with its 95 %% "
+                    "interval and p-value, across data sets the Wilcoxon signed-rank test.")
+    parser.add_argument("a", help="a folder of records, METHOD@FOLDER, or a method name (looked up in --records)")
+    parser.add_argument("b", help="the same, for the other side")
+    parser.add_argument("--records", type=Path, action="append", default=None,
+                        help="where method names are looked up (default: the published leaderboards/headline/"
+                             "records); repeatable")
+    parser.add_argument("--protocol", default=None, help="only records of this protocol table label")
+    parser.add_argument("--metric", default="image_auroc", choices=COMPARE_METRICS)
+    parser.add_argument("--out", type=Path, default=Path("compare.csv"), help="the CSV written (default: compare.csv)")
+    _skip_option(parser)
+    ns = parser.parse_args(args)
+    lookup = ns.records or [_repo_or_cwd("leaderboards") / "headline" / "records"]
+    a = load_side(ns.a, lookup, ns.protocol, ns.skip_unreadable)
+    b = load_side(ns.b, lookup, ns.protocol, ns.skip_unreadable)
+    rows, summary = compare(a, b, ns.metric)
+    print(to_text(a, b, ns.metric, rows, summary))
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(to_csv(rows))
+    print(f"\nwritten: {ns.out}")
+    return 0
 
 
 def _ablation(args: list[str]) -> int:

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from oadbench.cells import file_contaminations, run_values, table_of
 from oadbench.errors import DataError
-from oadbench.results import FINISHED, iter_records
+from oadbench.headline import build_headline, has_per_image, headline_ranks
+from oadbench.record_sets import load_records
+from oadbench.significance import ALPHA
 
 METRIC = "image_auroc"
 
@@ -61,6 +63,42 @@ def save_figure(fig: Any, out: Path, name: str) -> list[Path]:
 
     plt.close(fig)
     return paths
+
+
+def critical_difference_figure(ranks: Any, out: Path, name: str, title: str) -> list[Path]:
+    """The critical-difference diagram of ``ranks`` (:class:`oadbench.significance.Ranks`: average ranks and the
+    Nemenyi p-values), drawn by ``scikit_posthocs.critical_difference_diagram``: methods on the rank axis, a bar
+    joining each group the post-hoc test does not separate; saved with :func:`save_figure`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import scikit_posthocs as sp
+
+    with plt.style.context("default"):  # the same bytes whether or not another figure set a theme before
+        fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.32 * len(ranks.average)))
+        drawn = sp.critical_difference_diagram(pd.Series(ranks.average), ranks.nemenyi, ax=ax)
+        for lines in drawn["crossbars"]:  # its points come from a set (hash order): sort for stable bytes
+            for line in lines:
+                line.set_xdata(sorted(line.get_xdata()))
+        ax.set_title(title, fontsize=8)
+        return save_figure(fig, out, name)
+
+
+def draw_headline_cd(rows: Sequence[Mapping[str, Any]], out: Path, name: str = "critical_difference") -> list[Path]:
+    """The headline's critical-difference diagram (:func:`critical_difference_figure`) as
+    ``<out>/<name>.pdf`` and ``.png``; nothing with fewer than three methods or two data sets."""
+    ranks = headline_ranks(rows)
+    if ranks.nemenyi is None:
+        return []
+    basis = ("per-image results present" if has_per_image(rows) else
+             "from final values across data sets and seeds: the records have no per-image results")
+    out.mkdir(parents=True, exist_ok=True)
+    p = "–" if ranks.friedman_p is None else f"{ranks.friedman_p:.3g}"
+    return critical_difference_figure(ranks, out, name, f"Headline: average rank of seed-mean final image AUROC "
+                                      f"on {ranks.blocks} data sets\n(Friedman p = {p}; bars: Nemenyi p ≥ {ALPHA}; "
+                                      f"{basis})")
 
 
 def _finish(fig: Any, ax: Any, out: Path, name: str, title: str, ylabel: str, xlabel: str | None = None) -> list[Path]:
@@ -99,22 +137,29 @@ def _over_seeds(series: Iterable[tuple[float, list[Mapping[str, Any]], Callable[
     return xs, means, stds
 
 
-def draw_figures(records_dir: Path, out_dir: Path) -> list[Path]:
-    """Draw every figure the records support into ``out_dir``; returns the written files."""
+def draw_figures(records_dirs: Path | Sequence[Path], out_dir: Path, headline_dirs: Sequence[Path] = (),
+                 skip_unreadable: bool = False) -> list[Path]:
+    """Draw every figure the records under ``records_dirs`` (one folder or several) support into ``out_dir``, and
+    the headline's critical-difference diagram from the records under ``headline_dirs``; returns the written
+    files. Unreadable record files: :func:`oadbench.record_sets.load_records`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    pairs = [(p, r) for p, r in iter_records(Path(records_dir)) if r.get("status") == FINISHED]
+    folders = [Path(records_dirs)] if isinstance(records_dirs, (str, Path)) else [Path(f) for f in records_dirs]
+    pairs = load_records(folders, skip_unreadable).finished
     records = [r for _, r in pairs]
     if not records:
-        raise DataError(f"no finished run record under {records_dir}")
+        raise DataError(f"no finished run record under {', '.join(map(str, folders))}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     written: list[Path] = []
+    if headline_dirs:
+        _, _, rows = build_headline(load_records(headline_dirs, skip_unreadable).pairs)
+        written += draw_headline_cd(rows, out, "headline_critical_difference")
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     file_ratios = file_contaminations()
     for r in records:

@@ -22,14 +22,20 @@ from typing import Any
 
 from oadbench.cells import assign_cells, file_contaminations, run_values, table_of
 from oadbench.errors import DataError
+from oadbench.per_image import PerImage, read_per_image
 from oadbench.results import FINISHED
-from oadbench.stats import MEAN_ROW, fmt, fmt1, fmt_pm, mean_over, seed_stats
+from oadbench.significance import ALPHA, Ranks, rank_summary
+from oadbench.stats import MEAN_ROW, fmt, fmt1, fmt3, fmt_pm, mean_over, seed_stats
+from oadbench.table_stats import aupimo_value, complete, interval_columns, marked, marker_columns, stat_columns
 
 ORDER = ("synthetic", "mtd", "mvtec")
-HEADLINE_METRICS = ("image_auroc", "pixel_auroc", "aupro")
+HEADLINE_METRICS = ("image_auroc", "pixel_auroc", "aupro", "aupimo")
 HEADLINE_COSTS = ("aulc_image_auroc", "observe_ms", "score_ms")
 COLUMNS = ["method", "backbone", "dataset", "n_runs", "seeds",
-           *[f"{m}_{s}" for m in HEADLINE_METRICS for s in ("mean", "std")], *HEADLINE_COSTS, "image_size"]
+           *[f"{m}_{s}" for m in HEADLINE_METRICS for s in ("mean", "std")], *stat_columns(), *HEADLINE_COSTS,
+           "image_size"]
+RANK_COLUMNS = ["method", "backbone", "average_rank", "data_sets", "friedman_statistic", "friedman_p"]
+RANK_METRIC = "image_auroc"
 
 
 def data_set(record: Mapping[str, Any]) -> str:
@@ -54,21 +60,39 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
         raise DataError(f"the headline table takes one input size, got {sorted(sizes)} px "
                         f"(e.g. {' and '.join(str(p) for p in sizes.values())})")
     runs: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
-    for _, record in pairs:
+    tables: dict[tuple[str, str], dict[str, dict[int, PerImage | None]]] = defaultdict(lambda: defaultdict(dict))
+    for path, record in pairs:
         key = (record["config"]["method"]["name"], record["backbone"]["name"])
-        runs[key][data_set(record)][int(record["config"]["seed"])] = run_values(record)
+        seed, table = int(record["config"]["seed"]), read_per_image(path, record)
+        runs[key][data_set(record)][seed] = {**run_values(record), "aupimo": aupimo_value(table)}
+        tables[key][data_set(record)][seed] = table
     everywhere = sorted({d for cells in runs.values() for d in cells}, key=_order)
     rows = []
     for (method, backbone), cells in sorted(runs.items()):
         for name in everywhere:
             if name in cells:
-                rows.append(_row(method, backbone, name, cells[name], len(cells[name])))
-        complete = [s for s in sorted({s for c in cells.values() for s in c})
-                    if all(s in cells.get(d, {}) for d in everywhere)]
+                rows.append(_row(method, backbone, name, cells[name], len(cells[name]),
+                                 {_category(name): tables[(method, backbone)][name]}))
+        full = [s for s in sorted({s for c in cells.values() for s in c})
+                if all(s in cells.get(d, {}) for d in everywhere)]
         per_seed = {s: mean_over([cells[d][s] for d in everywhere], (*HEADLINE_METRICS, *HEADLINE_COSTS))
-                    for s in complete}
-        rows.append(_row(method, backbone, MEAN_ROW, per_seed, sum(len(c) for c in cells.values())))
+                    for s in full}
+        rows.append(_row(method, backbone, MEAN_ROW, per_seed, sum(len(c) for c in cells.values()),
+                         {_category(d): {s: tables[(method, backbone)][d][s] for s in full} for d in everywhere}
+                         if full else {}))
+    for name in everywhere:  # the top group of each data set
+        keyed = {(r["method"], r["backbone"]): r for r in rows if r["dataset"] == name}
+        cells_of = {k: complete({_category(name): tables[k][name]}) for k in keyed}
+        marks = marker_columns({k: c[_category(name)] if c else None for k, c in cells_of.items()}, keyed,
+                               _category(name))
+        for k, r in keyed.items():
+            r.update(marks[k])
     return next(iter(labels)), next(iter(sizes)), rows
+
+
+def _category(name: str) -> str:
+    """The category part of a data set name (the per-image results' ``category``)."""
+    return name.split("/", 1)[1]
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -77,12 +101,45 @@ def _order(name: str) -> tuple[int, str]:
     return (ORDER.index(dataset) if dataset in ORDER else len(ORDER), name)
 
 
-def _row(method: str, backbone: str, name: str, runs: Mapping[int, Mapping[str, Any]], n_runs: int
-         ) -> dict[str, Any]:
+def _row(method: str, backbone: str, name: str, runs: Mapping[int, Mapping[str, Any]], n_runs: int,
+         per_image: Mapping[str, Mapping[int, PerImage | None]]) -> dict[str, Any]:
     seeds = sorted(runs)
     row: dict[str, Any] = {"method": method, "backbone": backbone, "dataset": name, "n_runs": n_runs,
                            "seeds": " ".join(map(str, seeds))}
-    return {**row, **seed_stats(runs, HEADLINE_METRICS, HEADLINE_COSTS)}
+    return {**row, **seed_stats(runs, HEADLINE_METRICS, HEADLINE_COSTS), **interval_columns(complete(per_image))}
+
+
+def method_names(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+    """(method, backbone) -> its label: the method's name, with the backbone where a method has several."""
+    keys = list(dict.fromkeys((r["method"], r["backbone"]) for r in rows))
+    several = {m for m, _ in keys if sum(k[0] == m for k in keys) > 1}
+    return {(m, b): f"{m} ({b})" if m in several else m for m, b in keys}
+
+
+def headline_ranks(rows: Sequence[Mapping[str, Any]], metric: str = RANK_METRIC) -> Ranks:
+    """Average ranks, Friedman and Nemenyi across the table's data sets (blocks), on each method's seed-mean
+    ``metric`` (:func:`oadbench.significance.rank_summary`)."""
+    names = method_names(rows)
+    table: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if r["dataset"] != MEAN_ROW and r.get(f"{metric}_mean") is not None:
+            table[r["dataset"]][names[(r["method"], r["backbone"])]] = r[f"{metric}_mean"]
+    return rank_summary(table)
+
+
+def ranks_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The headline's average ranks (image AUROC) with the Friedman test, one row per method, best first."""
+    ranks = headline_ranks(rows)
+    names = method_names(rows)
+    lines = [",".join(RANK_COLUMNS)]
+    for (method, backbone), name in sorted(names.items(), key=lambda kv: (ranks.average.get(kv[1], 1e9), kv[1])):
+        lines.append(",".join(fmt(v) for v in (method, backbone, ranks.average.get(name), ranks.blocks,
+                                               ranks.friedman_statistic, ranks.friedman_p)))
+    return "\n".join(lines) + "\n"
+
+
+def has_per_image(rows: Sequence[Mapping[str, Any]]) -> bool:
+    return any(r.get("image_auroc_ci_low") is not None for r in rows)
 
 
 def headline_csv(rows: Sequence[Mapping[str, Any]], image_size: int) -> str:
@@ -93,27 +150,48 @@ def headline_csv(rows: Sequence[Mapping[str, Any]], image_size: int) -> str:
 
 
 def headline_markdown(protocol: str, image_size: int, rows: Sequence[Mapping[str, Any]], csv_name: str,
-                      records_name: str) -> list[str]:
-    """Two pivot tables (methods × data sets): final image AUROC, then pixel AUROC; mean ± std over seeds."""
+                      records_name: str, cd_name: str | None = None) -> list[str]:
+    """Pivot tables (methods × data sets): final image AUROC, pixel AUROC and AUPIMO, mean ± std over seeds, with
+    the 95 % interval and the top-group mark where the records have per-image results; then the average ranks
+    with the Friedman test and the critical-difference diagram (``cd_name``, relative to the README)."""
     names = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d != MEAN_ROW]
     by_key = {(r["method"], r["backbone"], r["dataset"]): r for r in rows}
     methods = list(dict.fromkeys((r["method"], r["backbone"]) for r in rows))
     seeds = " ".join(sorted({s for r in rows for s in str(r["seeds"]).split()}, key=int))
     out = [f"## Headline: {protocol} at {image_size} px", "",
-           f"Final image AUROC and pixel AUROC after the whole stream, mean ± std over seeds {seeds}; "
+           f"Final metrics after the whole stream, mean ± std over seeds {seeds}; "
            f"**mean**: the mean over the {len(names)} data sets, each counting once (empty until every data set "
-           f"has the seed's run). Records: `{records_name}`; CSV: `{csv_name}`.", ""]
-    for metric, title in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC")):
+           f"has the seed's run). Where the records have per-image results: [95 % bootstrap interval over test "
+           f"images] and ★ on the best method of a data set and every method not significantly below it "
+           f"(one-sided paired test on the same images, Holm-corrected, α = {ALPHA}: DeLong for image AUROC, "
+           f"Wilcoxon for AUPIMO; see the README's \"Comparing methods\"). Records: `{records_name}`; "
+           f"CSV: `{csv_name}`.", ""]
+    for metric, title in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupimo", "AUPIMO")):
+        if metric == "aupimo" and not any(r.get("aupimo_mean") is not None for r in rows):
+            continue
         out += [f"| {title} | " + " | ".join(names) + " | **mean** |", "|---|" + "---|" * (len(names) + 1)]
         for method, backbone in methods:
             cells = []
             for name in [*names, MEAN_ROW]:
                 r = by_key.get((method, backbone, name)) or {}
                 mean = r.get(f"{metric}_mean")
-                text = fmt_pm(mean, r.get(f"{metric}_std"))
+                text = marked(fmt_pm(mean, r.get(f"{metric}_std")), r, metric)
                 cells.append(f"**{text}**" if name == MEAN_ROW and mean is not None else text)
             out.append(f"| {method} | " + " | ".join(cells) + " |")
         out.append("")
+    ranks = headline_ranks(rows)
+    if ranks.average:
+        label = method_names(rows)
+        order = sorted(methods, key=lambda k: (ranks.average.get(label[k], 1e9), label[k]))
+        p = "–" if ranks.friedman_p is None else f"{ranks.friedman_p:.3g}"
+        out += [f"Average rank of the seed-mean final image AUROC over the {ranks.blocks} data sets (1 = best; each "
+                f"data set one block, its seeds averaged first: they share its test set). Friedman test: "
+                f"p = {p}" + ("" if ranks.friedman_statistic is None else
+                               f" (χ² = {ranks.friedman_statistic:.2f}, {len(ranks.average) - 1} df)") + ".", "",
+                "| method | " + " | ".join(label[k] for k in order) + " |", "|---|" + "---|" * len(order),
+                "| average rank | " + " | ".join(fmt3(ranks.average.get(label[k])) for k in order) + " |", ""]
+        if cd_name is not None:
+            out += [f"![Critical-difference diagram of the headline]({cd_name})", ""]
     out += ["Observe / score ms per image (median, the method's own work):", "",
             "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for method, backbone in methods:

@@ -58,9 +58,13 @@ from oadbench.cells import (
     undrifted_key,
 )
 from oadbench.errors import DataError
-from oadbench.headline import build_headline, headline_csv, headline_markdown
-from oadbench.results import FINISHED, iter_records
+from oadbench.figures import draw_headline_cd
+from oadbench.headline import build_headline, headline_csv, headline_markdown, ranks_csv
+from oadbench.per_image import PerImage, read_per_image
+from oadbench.record_sets import load_records, skipped_lines
+from oadbench.results import FINISHED
 from oadbench.stats import MEAN_ROW, fmt, fmt0, fmt1, fmt3, fmt_pm, mean_over, seed_stats
+from oadbench.table_stats import aupimo_value, complete, interval_columns, marked, marker_columns, stat_columns
 
 HEADLINE_RECORDS = Path("headline", "records")  # the headline table's records, inside a leaderboards folder
 
@@ -69,6 +73,7 @@ def columns(drift: bool = False, gpu: bool = False) -> list[str]:
     cols = ["method", "backbone", *(["device"] if gpu else []), "category", "n_runs", "seeds"]
     for m in METRICS:
         cols += [f"{m}_mean", f"{m}_std"]
+    cols += ["aupimo_mean", "aupimo_std", *stat_columns()]
     if drift:
         for m in METRICS:
             cols += [f"{m}_initial_mean", f"{m}_initial_std"]
@@ -86,8 +91,10 @@ def default_headline(folder: Path) -> Path | None:
 
 
 def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapping[int, Mapping[str, Any]],
-              meta: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """``runs``: seed -> run values (one category, or the category average for a mean row)."""
+              meta: Sequence[Mapping[str, Any]], per_image: Mapping[str, Mapping[int, PerImage | None]]
+              ) -> dict[str, Any]:
+    """``runs``: seed -> run values (one category, or the category average for a mean row); ``per_image``:
+    category -> seed -> the run's per-image results (None without)."""
     seeds = sorted(runs)
     row: dict[str, Any] = {"method": method, "backbone": backbone, "device": device, "category": category,
                            "n_runs": sum(int(r.get("_n", 1)) for r in runs.values()),
@@ -96,6 +103,8 @@ def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapp
         row.update(seed_stats(runs, [m]))
         if any(f"{m}_initial" in runs[s] for s in seeds):
             row.update(seed_stats(runs, [f"{m}_initial"], [f"drop_{m}"]))
+    row.update(seed_stats(runs, ["aupimo"]))
+    row.update(interval_columns(complete(per_image)))
     row.update(seed_stats(runs, (), [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS) + list(GPU_COSTS)))
     row["image_size"] = " ".join(sorted({str(x["image_size"]) for x in meta}, key=int))
     row["oadbench_version"] = " ".join(sorted({str(x["version"]) for x in meta}))
@@ -108,12 +117,17 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         lambda: defaultdict(dict))
     meta: dict[tuple[str, str], dict[tuple[str, str, str, str], list[dict[str, Any]]]] = defaultdict(
         lambda: defaultdict(list))
+    per_image: dict[tuple[str, str], dict[tuple[str, str, str, str], dict[int, PerImage | None]]] = defaultdict(
+        lambda: defaultdict(dict))
     file_ratios = file_contaminations()
     records = [(p, r) for p, r in records if r.get("status") == FINISHED]
     undrifted = {undrifted_key(r): r["final"] for _, r in records if r.get("final_initial") is None}
     for placed in assign_cells(records, file_ratios):
         record, table, cell, seed = placed.record, placed.table, placed.cell, placed.seed
         values = run_values(record)
+        table_pi = read_per_image(placed.path, record)
+        values["aupimo"] = aupimo_value(table_pi)
+        per_image[table][cell][seed] = table_pi
         if record.get("final_initial") is not None:
             base = undrifted.get(undrifted_key(record)) or {}
             for m in METRICS:
@@ -126,9 +140,18 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
     for table in sorted(cells):
         rows = []
         by_method: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = defaultdict(list)
+        by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for cell in sorted(cells[table]):
-            rows.append(_cell_row(*cell, cells[table][cell], meta[table][cell]))
+            rows.append(_cell_row(*cell, cells[table][cell], meta[table][cell],
+                                  {cell[3]: per_image[table][cell]}))
             by_method[cell[:3]].append(cell)
+            by_category[cell[3]].append(rows[-1])
+        for category, cat_rows in by_category.items():
+            keyed = {(r["method"], r["backbone"], r["device"]): r for r in cat_rows}
+            seeds_of = {k: complete({category: per_image[table][(*k, category)]}) for k in keyed}
+            marks = marker_columns({k: v[category] if v else None for k, v in seeds_of.items()}, keyed, category)
+            for k, r in keyed.items():
+                r.update(marks[k])
         for (method, backbone, device), cell_keys in sorted(by_method.items()):
             per_seed: dict[int, dict[str, Any]] = {}
             for seed in sorted({s for c in cell_keys for s in cells[table][c]}):
@@ -136,7 +159,8 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
                 per_seed[seed] = mean_over(present, present[0])
                 per_seed[seed]["_n"] = len(present)
             rows.append(_cell_row(method, backbone, device, MEAN_ROW, per_seed,
-                                  [m for c in cell_keys for m in meta[table][c]]))
+                                  [m for c in cell_keys for m in meta[table][c]],
+                                  {c[3]: per_image[table][c] for c in cell_keys}))
         rows.sort(key=lambda r: (r["method"], r["backbone"], r["device"], r["category"] == MEAN_ROW, r["category"]))
         tables[table] = rows
     return tables
@@ -170,11 +194,15 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
              "Generated by `oadbench leaderboard` from the run records in `records/`; do not edit by hand.",
              "Mean ± std over seeds; image / pixel AUROC, AUPRO, area under the learning curve of image AUROC,",
              "the method's own observe and score ms per image (median), its training seconds (observe +",
-             "consolidate, backbone excluded) and the number of runs.", "", *first]
+             "consolidate, backbone excluded) and the number of runs. Where every run of a row has per-image",
+             "results: AUPIMO, the 95 % bootstrap interval over test images `[low, high]` and ★ on the best row of a",
+             "category and every row not significantly below it (paired one-sided test on the same images,",
+             "Holm-corrected; the main README's \"Comparing methods\" says what each assumes).", "", *first]
     for (protocol, dataset), rows in tables.items():
         sizes = " / ".join(sorted({x for r in rows for x in str(r["image_size"]).split()}, key=int))
         seeds = " ".join(sorted({x for r in rows for x in str(r["seeds"]).split()}, key=int))
         drift, gpu = is_drift_table(rows), is_gpu_table(rows)
+        aupimo = any(r.get("aupimo_mean") is not None for r in rows)
         lines += [f"## {protocol} / {dataset}", "",
                   f"Input {sizes} px, seeds {seeds}; CSV: `{protocol}/{dataset}.csv`."
                   + (" Image AUROC in the drifted (current) state, in the initial state, and its drop against the "
@@ -182,56 +210,79 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
                   + (" GPU MiB: the method's own peak / the run's peak (GPU rows)." if gpu else ""), "",
                   "| method | backbone | " + ("device | " if gpu else "") + "category | image AUROC | "
                   + ("initial image AUROC | drop vs no drift | " if drift else "")
-                  + "pixel AUROC | AUPRO | AULC img | observe ms | score ms | train s | "
-                  + ("GPU MiB | " if gpu else "") + "runs |",
+                  + "pixel AUROC | AUPRO | " + ("AUPIMO | " if aupimo else "") + "AULC img | observe ms | "
+                  + "score ms | train s | " + ("GPU MiB | " if gpu else "") + "runs |",
                   "|---|---|" + ("---|" if gpu else "") + "---|---|" + ("---|---|" if drift else "")
-                  + "---|---|---|---|---|---|" + ("---|" if gpu else "") + "---|"]
+                  + "---|---|" + ("---|" if aupimo else "") + "---|---|---|---|" + ("---|" if gpu else "") + "---|"]
         for r in rows:
             cat = f"**{r['category']}**" if r["category"] == MEAN_ROW else r["category"]
             extra = f"{pm(r, 'image_auroc_initial')} | {fmt3(r.get('drop_image_auroc'))} | " if drift else ""
             device = f"{r['device']} | " if gpu else ""
             memory = f"{fmt0(r.get('cuda_method_peak_mb'))} / {fmt0(r.get('cuda_peak_mb'))} | " if gpu else ""
-            lines.append(f"| {r['method']} | {r['backbone']} | {device}{cat} | {pm(r, 'image_auroc')} | {extra}"
-                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {fmt3(r.get('aulc_image_auroc'))} | "
+            aup = f"{marked(pm(r, 'aupimo'), r, 'aupimo')} | " if aupimo else ""
+            lines.append(f"| {r['method']} | {r['backbone']} | {device}{cat} | "
+                         f"{marked(pm(r, 'image_auroc'), r, 'image_auroc')} | {extra}"
+                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {aup}{fmt3(r.get('aulc_image_auroc'))} | "
                          f"{fmt1(r.get('observe_ms'))} | {fmt1(r.get('score_ms'))} | {fmt1(r.get('train_s'))} | "
                          f"{memory}{r['n_runs']} |")
         lines.append("")
     return "\n".join(lines)
 
 
-def compile_leaderboards(records_dir: Path, out_dir: Path, headline_dir: Path | None = None) -> list[Path]:
-    """Write every leaderboard CSV and the Markdown README; returns the written paths. ``headline_dir``: records
-    of the headline table (:mod:`oadbench.headline`), written to ``<out_dir>/headline/<protocol>_<size>px.csv``
-    and as the README's first table."""
-    records_dir, out_dir = Path(records_dir), Path(out_dir)
-    if not records_dir.is_dir():
-        raise DataError(f"records directory {records_dir} does not exist")
-    tables = build_tables(iter_records(records_dir))
+def _folders(paths: Path | Sequence[Path] | None) -> list[Path]:
+    if paths is None:
+        return []
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
+def _shown(folder: Path, bases: Sequence[Path]) -> str:
+    """``folder`` as the README names it: relative to the first of ``bases`` it lies in, else its own name."""
+    for base in bases:
+        try:
+            return Path(folder).resolve().relative_to(base.resolve()).as_posix() + "/"
+        except ValueError:
+            continue
+    return Path(folder).name + "/"
+
+
+def compile_leaderboards(records_dirs: Path | Sequence[Path], out_dir: Path,
+                         headline_dirs: Path | Sequence[Path] | None = None, skip_unreadable: bool = False
+                         ) -> list[Path]:
+    """Write every leaderboard CSV and the Markdown README from the records under ``records_dirs`` (one folder or
+    several: a researcher's own and the published ones compile into one set of tables); returns the written
+    paths. ``headline_dirs``: records of the headline table (:mod:`oadbench.headline`), written to
+    ``<out_dir>/headline/<protocol>_<size>px.csv`` and as the README's first table. An unreadable record file is
+    an error naming it (:func:`oadbench.record_sets.load_records`), or with ``skip_unreadable`` listed in the
+    README."""
+    folders, out_dir = _folders(records_dirs), Path(out_dir)
+    loaded = load_records(folders, skip_unreadable)
+    tables = build_tables(loaded.pairs)
     if not tables:
-        raise DataError(f"no finished run record under {records_dir}")
+        raise DataError(f"no finished run record under {', '.join(map(str, folders))}")
     written, first = [], []
-    if headline_dir is not None:
-        if not Path(headline_dir).is_dir():
-            raise DataError(f"headline records directory {headline_dir} does not exist")
-        protocol, size, rows = build_headline(iter_records(Path(headline_dir)))
+    skipped = list(loaded.skipped)
+    headline = _folders(headline_dirs)
+    if headline:
+        hl = load_records(headline, skip_unreadable)
+        skipped += hl.skipped
+        protocol, size, rows = build_headline(hl.pairs)
         path = out_dir / "headline" / f"{protocol}_{size}px.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(headline_csv(rows, size))
-        written.append(path)
-        records_name = Path(headline_dir).name + "/"
-        for base in (out_dir, records_dir.parent):  # as the README links it; a copy elsewhere names the same
-            try:
-                records_name = Path(headline_dir).resolve().relative_to(base.resolve()).as_posix() + "/"
-                break
-            except ValueError:
-                continue
-        first = headline_markdown(protocol, size, rows, path.relative_to(out_dir).as_posix(), records_name)
+        ranks = path.with_name(f"{protocol}_{size}px_ranks.csv")
+        ranks.write_text(ranks_csv(rows))
+        cd = draw_headline_cd(rows, path.parent, f"{protocol}_{size}px_critical_difference")
+        written += [path, ranks, *cd]
+        bases = [out_dir, *(f.parent for f in folders)]  # as the README links it; a copy elsewhere names the same
+        records_name = ", ".join(_shown(h, bases) for h in headline)
+        first = headline_markdown(protocol, size, rows, path.relative_to(out_dir).as_posix(), records_name,
+                                  next((p.relative_to(out_dir).as_posix() for p in cd if p.suffix == ".png"), None))
     for (protocol, dataset), rows in tables.items():
         path = out_dir / protocol / f"{dataset}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_csv(rows))
         written.append(path)
     readme = out_dir / "README.md"
-    readme.write_text(to_markdown(tables, first))
+    readme.write_text(to_markdown(tables, [*skipped_lines(skipped), *first]))
     written.append(readme)
     return written

@@ -81,3 +81,29 @@ def test_a_committed_record_reruns_to_the_same_record(mode, tmp_path):
             assert sorted(before.files) == sorted(after.files)
             for key in before.files:
                 np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("mode", ["holdout", "prequential", "continual"])
+def test_per_image_results_agree_with_their_record(mode):
+    """The sidecar is what the record's metrics were computed on: its image AUROC is the record's final one, and
+    it holds the final evaluation's images (holdout) or every stream image in stream order (prequential)."""
+    from sklearn.metrics import roc_auc_score
+
+    from oadbench.per_image import read_per_image
+
+    path = RECORDS_DIR / RECORDS[mode]
+    record = json.loads(path.read_text())
+    table = read_per_image(path, record)
+    assert table is not None and table.kind == ("prequential" if mode == "prequential" else "holdout")
+    if mode == "prequential":
+        assert len(table) == record["data"]["stream"] and table["label"].sum() == record["data"]["stream_anomalous"]
+        assert table["position"].tolist() == list(range(len(table)))
+        assert roc_auc_score(table["label"], table["score"]) == pytest.approx(record["final"]["image_auroc"],
+                                                                            abs=1e-12)
+    else:
+        assert len(table) == record["data"]["eval"] and table["label"].sum() == record["data"]["eval_anomalous"]
+        for category in record["data"]["categories"]:  # continual: each category's split, its own AUROC
+            rows = table["category"] == category
+            final = record["checkpoints"][-1]["per_category"][category]["image_auroc"] \
+                if mode == "continual" else record["final"]["image_auroc"]
+            assert roc_auc_score(table["label"][rows], table["score"][rows]) == pytest.approx(final, abs=1e-12)
