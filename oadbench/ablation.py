@@ -37,7 +37,10 @@ from typing import Any
 import yaml
 
 from oadbench.errors import ConfigError, DataError
-from oadbench.results import FINISHED, iter_records
+from oadbench.record_sets import load_records
+from oadbench.results import FINISHED
+
+ABLATION_KEYS = (("config", "method", "name"), ("config", "dataset", "name"), ("config", "seed"), ("final",))
 
 METRIC = "image_auroc"
 COLLAPSE = 0.97  # final < COLLAPSE x best checkpoint
@@ -120,7 +123,7 @@ def collect(records_dir: Path, spec: Mapping[str, Any]) -> dict[str, dict[str, d
         opts = dict(a.split("=", 1) for a in args)
         labels[(opts["dataset"], opts.get("dataset.category"))] = label
     out: dict[str, dict[str, dict[str, Cell]]] = defaultdict(lambda: defaultdict(dict))
-    for _, r in iter_records(Path(records_dir)):
+    for _, r in load_records([Path(records_dir)], required=ABLATION_KEYS).pairs:  # unreadable: an error naming it
         if r.get("status") != FINISHED or r["config"]["method"]["name"] != spec["method"]:
             continue
         variant = variant_of(r["config"]["method"], spec)
@@ -149,7 +152,7 @@ def baselines(baselines_dir: Path | None, spec: Mapping[str, Any]) -> dict[str, 
     for label, args in spec["datasets"].items():
         opts = dict(a.split("=", 1) for a in args)
         labels[(opts["dataset"], opts.get("dataset.category"))] = label
-    for _, r in iter_records(Path(baselines_dir)):
+    for _, r in load_records([Path(baselines_dir)], required=ABLATION_KEYS).pairs:
         if r.get("status") != FINISHED or r["final"].get(METRIC) is None:
             continue
         ds = r["config"]["dataset"]

@@ -89,11 +89,6 @@ def save_per_image(record_path: Path, table: PerImage | None) -> dict[str, Any] 
     return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "kind": table.kind, "rows": len(table)}
 
 
-def has_per_image(record: Mapping[str, Any]) -> bool:
-    """Whether ``record`` names a sidecar."""
-    return bool(record.get("per_image"))
-
-
 def check_per_image(record_path: Path, record: Mapping[str, Any]) -> str | None:
     """What is wrong with the sidecar ``record`` names (missing, unreadable, digest or entry not the record's), or
     None when it is sound or the record names none."""

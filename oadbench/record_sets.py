@@ -40,9 +40,9 @@ class RecordSet:
         return [(p, r) for p, r in self.pairs if r.get("status") == FINISHED]
 
 
-def problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def problem(path: Path, required: Sequence[Sequence[str]] = FINISHED_KEYS) -> tuple[dict[str, Any] | None, str | None]:
     """(the record, None) for a readable record file, (None, None) for another tool's JSON, else (None, what is
-    wrong with it)."""
+    wrong with it); a finished record must have the ``required`` key paths."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -56,7 +56,7 @@ def problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if data.get("schema") != SCHEMA_VERSION:
         return None, f"has record schema {data.get('schema')!r}; this oadbench reads schema {SCHEMA_VERSION}"
     if data["status"] == FINISHED:
-        missing = ["/".join(keys) for keys in FINISHED_KEYS if not _has(data, keys)]
+        missing = ["/".join(keys) for keys in required if not _has(data, keys)]
         if missing:
             return None, f"is a finished record without {', '.join(missing)}"
         sidecar = check_per_image(path, data)
@@ -74,9 +74,11 @@ def _has(data: Mapping[str, Any], keys: Sequence[str]) -> bool:
     return True
 
 
-def load_records(folders: Iterable[Path], skip_unreadable: bool = False) -> RecordSet:
-    """Every record file under ``folders`` (recursively). Unreadable ones are an error naming each of them, or,
-    with ``skip_unreadable``, listed in :attr:`RecordSet.skipped`. A folder that does not exist is an error."""
+def load_records(folders: Iterable[Path], skip_unreadable: bool = False,
+                 required: Sequence[Sequence[str]] = FINISHED_KEYS) -> RecordSet:
+    """Every record file under ``folders`` (recursively). Unreadable ones (``required``: the key paths a finished
+    record must have; default: those the results tables read) are an error naming each of them, or, with
+    ``skip_unreadable``, listed in :attr:`RecordSet.skipped`. A folder that does not exist is an error."""
     out = RecordSet()
     for folder in folders:
         folder = Path(folder)
@@ -86,7 +88,7 @@ def load_records(folders: Iterable[Path], skip_unreadable: bool = False) -> Reco
             parts = path.relative_to(folder).parts[:-1]
             if any(p.startswith(".") or p == NOT_RECORDS for p in parts):
                 continue
-            record, why = problem(path)
+            record, why = problem(path, required)
             if why is not None:
                 out.skipped.append((path, why))
             elif record is not None:

@@ -261,3 +261,22 @@ def test_several_record_folders_compile_into_one_table(grid, tmp_path):
     assert methods == {"alpha", "beta", "delta", "gamma"}
     ranks = read_rows(tmp_path / "lb" / "headline" / "online_cold_start_256px_ranks.csv")
     assert {r["method"] for r in ranks} == {"alpha", "beta", "delta", "gamma"}
+
+
+def test_stream_rows_round_trip_with_drift_columns(tmp_path):
+    from types import SimpleNamespace
+
+    from oadbench.per_image import StreamRows
+
+    rows = StreamRows()
+    samples = [SimpleNamespace(id=f"mtd/tile/train/good/{i},x", label=i % 2, defect_type="good") for i in range(3)]
+    rows.add("tile", samples[:2], np.array([0.1, 1e-8], np.float32), [{"0_brightness": 0.0}, {"0_brightness": 0.25}])
+    rows.add("tile", samples[2:], np.array([123456.7], np.float32), [{"0_brightness": 0.5}])
+    record_path = tmp_path / "tile-seed0-0123456789abcdef.json"
+    entry = save_per_image(record_path, rows.table())
+    back = read_per_image(record_path, {"per_image": entry})
+    assert entry["rows"] == 3 and back.kind == "prequential"
+    assert back["position"].tolist() == [0, 1, 2] and back["id"][0] == "mtd/tile/train/good/0,x"  # quoted comma
+    assert back["score"].astype(np.float32).tolist() == np.array([0.1, 1e-8, 123456.7], np.float32).tolist()
+    assert back["drift_0_brightness"].tolist() == [0.0, 0.25, 0.5]
+    assert save_per_image(tmp_path / "again.json", rows.table())["sha256"] == entry["sha256"]  # same bytes
