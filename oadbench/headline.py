@@ -9,6 +9,10 @@ unless every data set of the table has that method's run for that seed, so a mis
 silently. Cells hold the records' final metrics (mean and std over seeds), the area under the image-AUROC
 learning curve and the method's observe and score ms per image (median, mean over runs).
 
+Where the records have per-image results, cells gain AUPIMO, intervals and the top group of each data set
+(:mod:`oadbench.table_stats`); :func:`headline_ranks` gives the methods' average ranks across data sets with the
+Friedman test (:func:`oadbench.significance.rank_summary`), :func:`ranks_csv` writes them.
+
 The records must form one table: one protocol, one input size, one configuration per cell (the leaderboards'
 rule, :func:`oadbench.cells.assign_cells`, checks the last); anything else is an error naming what differs.
 """

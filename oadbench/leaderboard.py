@@ -1,6 +1,8 @@
 """Leaderboards compiled from run records, never edited by hand.
 
-``compile_leaderboards(records_dir, out_dir)`` reads every finished record under ``records_dir`` and writes
+``compile_leaderboards(records_dirs, out_dir)`` reads every finished record under ``records_dirs`` (one folder or
+several, e.g. a researcher's own and the published ones; unreadable record files are an error naming each,
+:mod:`oadbench.record_sets`) and writes
 ``<out_dir>/<protocol>/<dataset>.csv`` and ``<out_dir>/README.md`` (the same tables in Markdown). ``<protocol>``
 is :func:`protocol_label`: the protocol's name, with the warm-up size of few-shot runs (``few_shot_k4``) and the
 contamination ratio where it differs from the protocol file's (``online_contaminated_c20``), so that each
@@ -16,6 +18,10 @@ learning curve) and ``images_to_95_<metric>``; cost: observe (or warm-up observe
 footprint (MiB), each a mean over runs. Also the number of runs, the seeds, the image size and the
 oadbench version(s) that produced them. Floats are written with 4 decimals, rows and columns in a fixed order,
 so a diff of two compilations shows only real changes.
+
+Statistics from the records' per-image results (:mod:`oadbench.table_stats`): ``aupimo_mean`` / ``_std``, the 95 %
+bootstrap interval of image AUROC and AUPIMO (``<m>_ci_low`` / ``_ci_high``) and, on category rows, the top group
+(``<m>_top``, ``<m>_p_best``); empty for a row any of whose runs has no per-image results.
 
 Drift protocols (records with ``final_initial``) get three more column groups: every metric in the initial drift
 state (``<metric>_initial_mean`` / ``_std``) and ``drop_<metric>``: the same run without drift (the record whose

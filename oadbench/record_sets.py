@@ -6,12 +6,13 @@ record that cannot be read -- not JSON (a truncated copy), another schema, a fin
 the tables read, or a per-image sidecar that is missing or whose digest is not the record's -- is never dropped
 in silence: :func:`load_records` raises one
 :class:`~oadbench.errors.DataError` naming every such file, unless ``skip_unreadable`` is set, in which case they
-are returned in :attr:`RecordSet.skipped` for the caller to list in its output.
+are logged as warnings and returned in :attr:`RecordSet.skipped` for the caller to list in what it writes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from oadbench.errors import DataError
 from oadbench.per_image import check_per_image
 from oadbench.results import FINISHED, SCHEMA_VERSION
 
+log = logging.getLogger("oadbench")
 FINISHED_KEYS = (("config", "protocol", "name"), ("config", "dataset", "name"), ("config", "dataset", "category"),
                  ("config", "method", "name"), ("config", "seed"), ("backbone", "name"), ("data", "image_size"),
                  ("env",), ("final",))
@@ -93,6 +95,8 @@ def load_records(folders: Iterable[Path], skip_unreadable: bool = False,
                 out.skipped.append((path, why))
             elif record is not None:
                 out.pairs.append((path, record))
+    for path, why in out.skipped if skip_unreadable else ():
+        log.warning("skipped unreadable record file %s: %s", path, why)
     if out.skipped and not skip_unreadable:
         lines = "\n".join(f"  {p}: {why}" for p, why in out.skipped)
         raise DataError(f"{len(out.skipped)} record file(s) cannot be read:\n{lines}\n"
