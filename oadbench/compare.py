@@ -122,7 +122,7 @@ def compare(a: Side, b: Side, metric: str = "image_auroc") -> tuple[list[dict[st
         ta, tb = ([tables[s.name][k] for k in sorted(s.runs[ds])] for s in (a, b))
         result = None
         if metric in ("image_auroc", "aupimo") and all(t is not None for t in [*ta, *tb]):
-            result = paired_test(ta, tb, ds.split("/", 1)[1], metric)  # type: ignore[arg-type]
+            result = paired_test(ta, tb, metric)  # type: ignore[arg-type]
         if result is not None:
             row.update(difference=result.difference, ci_low=result.low, ci_high=result.high, p=result.p,
                        test=result.test, n_images=result.n_images)

@@ -76,27 +76,21 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
         for name in everywhere:
             if name in cells:
                 rows.append(_row(method, backbone, name, cells[name], len(cells[name]),
-                                 {_category(name): tables[(method, backbone)][name]}))
+                                 {name: tables[(method, backbone)][name]}))
         full = [s for s in sorted({s for c in cells.values() for s in c})
                 if all(s in cells.get(d, {}) for d in everywhere)]
         per_seed = {s: mean_over([cells[d][s] for d in everywhere], (*HEADLINE_METRICS, *HEADLINE_COSTS))
                     for s in full}
         rows.append(_row(method, backbone, MEAN_ROW, per_seed, sum(len(c) for c in cells.values()),
-                         {_category(d): {s: tables[(method, backbone)][d][s] for s in full} for d in everywhere}
+                         {d: {s: tables[(method, backbone)][d][s] for s in full} for d in everywhere}
                          if full else {}))
     for name in everywhere:  # the top group of each data set
         keyed = {(r["method"], r["backbone"]): r for r in rows if r["dataset"] == name}
-        cells_of = {k: complete({_category(name): tables[k][name]}) for k in keyed}
-        marks = marker_columns({k: c[_category(name)] if c else None for k, c in cells_of.items()}, keyed,
-                               _category(name))
+        cells_of = {k: complete({name: tables[k][name]}) for k in keyed}
+        marks = marker_columns({k: c[name] if c else None for k, c in cells_of.items()}, keyed)
         for k, r in keyed.items():
             r.update(marks[k])
     return next(iter(labels)), next(iter(sizes)), rows
-
-
-def _category(name: str) -> str:
-    """The category part of a data set name (the per-image results' ``category``)."""
-    return name.split("/", 1)[1]
 
 
 def _order(name: str) -> tuple[int, str]:

@@ -155,7 +155,7 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         for category, cat_rows in by_category.items():
             keyed = {(r["method"], r["backbone"], r["device"]): r for r in cat_rows}
             seeds_of = {k: complete({category: per_image[table][(*k, category)]}) for k in keyed}
-            marks = marker_columns({k: v[category] if v else None for k, v in seeds_of.items()}, keyed, category)
+            marks = marker_columns({k: v[category] if v else None for k, v in seeds_of.items()}, keyed)
             for k, r in keyed.items():
                 r.update(marks[k])
         for (method, backbone, device), cell_keys in sorted(by_method.items()):

@@ -1,10 +1,13 @@
 """Which differences in a results table are real: confidence intervals over test images, paired tests between
 methods on the same images, and rank statistics across data sets -- computed with maintained libraries.
 
-Inputs are per-image results (:mod:`oadbench.per_image`). A *cell* is ``{category: [PerImage of each seed]}``:
-one configuration's runs (several categories for a mean row). Images are matched by (category, id); a cell uses
-the images every one of its tables has (all of them for holdout splits and prequential pools, which do not
-depend on the seed; fewer where a contaminated stream moved different anomalies into training per seed).
+Inputs are per-image results (:mod:`oadbench.per_image`). A *cell* is ``{label: [PerImage of each seed]}``: one
+configuration's runs on one data set, or on several for a mean row (``label`` names the data set; a continual
+run's tables hold several categories). Images are matched by (category, id) and a run's value is the mean over
+the categories its tables hold (a continual run's final metric); a cell's value is the mean over its labels of
+the mean over seeds. A cell uses the images every one of a label's tables has (all of them for holdout splits
+and prequential pools, which do not depend on the seed; fewer where a contaminated stream moved different
+anomalies into training per seed).
 
 - :func:`bootstrap_ci`: a percentile bootstrap (``scipy.stats.bootstrap``) of the cell's value -- the mean over
   categories of the mean over seeds of the metric. Each category's normal and anomalous images are resampled
@@ -13,10 +16,12 @@ depend on the seed; fewer where a contaminated stream moved different anomalies 
   test-image uncertainty of these runs' mean; their seed-to-seed spread is the ± std beside it. Percentile, not
   BCa: BCa is undefined at the AUROC = 1 the easy categories reach. ``image_auroc``: midrank AUROC (exact with
   ties); ``aupimo``: the mean AUPIMO of the anomalous images.
-- :func:`paired_test`: is method A's cell value above B's on the same images? ``image_auroc``: DeLong's test of
-  the difference of seed-mean AUROCs (all seeds of both methods as correlated AUROCs on the shared images,
-  :func:`oadbench.delong.delong_contrast`); ``aupimo``: Wilcoxon signed-rank (``scipy.stats.wilcoxon``) over the
-  anomalous images of the difference of their seed-mean AUPIMOs, as Bertoldo et al. compare models.
+- :func:`paired_test`: is method A's value above B's on the same images? ``image_auroc``: DeLong's test of the
+  difference of seed-mean AUROCs (all seeds of both methods as correlated AUROCs on the shared images,
+  :func:`oadbench.delong.delong_contrast`; over several categories, the mean of the categories' differences with
+  the variance of a mean of independent estimates -- disjoint test images); ``aupimo``: Wilcoxon signed-rank
+  (``scipy.stats.wilcoxon``) over the anomalous images of the difference of their seed-mean AUPIMOs, as Bertoldo
+  et al. compare models.
 - :func:`top_group`: per data set, the best method and the methods not significantly below it (one-sided tests
   against the best, Holm-corrected with ``statsmodels``).
 - :func:`rank_summary`: across data sets (blocks; seeds averaged first -- the seeds of a data set share its test
@@ -50,7 +55,7 @@ ALPHA = 0.05
 N_RESAMPLES = 2000
 RNG_SEED = 0  # the bootstrap's generator: the same records give the same interval, byte for byte
 
-Cell = Mapping[str, Sequence[PerImage]]  # category -> one per-image table per seed
+Cell = Mapping[str, Sequence[PerImage]]  # data set label -> one per-image table per seed
 
 
 def _keys(table: PerImage) -> dict[tuple[str, str], int]:
@@ -79,6 +84,12 @@ class Aligned:
     aupimo: np.ndarray
 
 
+def categories(tables: Sequence[PerImage]) -> list[str]:
+    """The categories every one of ``tables`` holds, sorted."""
+    sets = [set(t["category"].tolist()) for t in tables]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
 def align(tables: Sequence[PerImage], category: str) -> Aligned:
     keys, rows = shared_rows(tables, category)
     labels = tables[0]["label"][rows[0]] if keys else np.zeros(0, dtype=np.int64)
@@ -105,34 +116,39 @@ def bootstrap_ci(cell: Cell, metric: str, level: float = LEVEL, n_resamples: int
     if metric not in CI_METRICS:
         raise ValueError(f"no confidence interval for metric {metric!r} (available: {', '.join(CI_METRICS)})")
     samples: list[np.ndarray] = []
-    parts: list[tuple[str, np.ndarray, np.ndarray]] = []  # per category: (kind, values normal, values anomalous)
-    for category in sorted(cell):
-        a = align(cell[category], category)
-        normal, anomalous = np.flatnonzero(a.labels == 0), np.flatnonzero(a.labels == 1)
-        if metric == "image_auroc":
-            if len(normal) < 1 or len(anomalous) < 1:
-                return None
-            parts.append(("auroc", a.scores[:, normal], a.scores[:, anomalous]))
-            samples += [np.arange(len(normal)), np.arange(len(anomalous))]
-        else:
-            values = a.aupimo[:, anomalous]
-            values = values[:, np.isfinite(values).all(0)]
-            if values.shape[1] < 2:
-                return None
-            parts.append(("mean", values, values))
-            samples.append(np.arange(values.shape[1]))
+    parts: list[tuple[str, float, np.ndarray, np.ndarray]] = []  # per category: (kind, weight, values, values)
+    for label in sorted(cell):
+        held = categories(cell[label])
+        if not held:
+            return None
+        for category in held:
+            a = align(cell[label], category)
+            weight = 1 / (len(cell) * len(held))
+            normal, anomalous = np.flatnonzero(a.labels == 0), np.flatnonzero(a.labels == 1)
+            if metric == "image_auroc":
+                if len(normal) < 1 or len(anomalous) < 1:
+                    return None
+                parts.append(("auroc", weight, a.scores[:, normal], a.scores[:, anomalous]))
+                samples += [np.arange(len(normal)), np.arange(len(anomalous))]
+            else:
+                values = a.aupimo[:, anomalous]
+                values = values[:, np.isfinite(values).all(0)]
+                if values.shape[1] < 2:
+                    return None
+                parts.append(("mean", weight, values, values))
+                samples.append(np.arange(values.shape[1]))
 
     def statistic(*idx: np.ndarray, axis: int = -1) -> np.ndarray:
         out, i = [], 0
-        for kind, x0, x1 in parts:
+        for kind, weight, x0, x1 in parts:
             if kind == "auroc":
                 both = np.concatenate([np.take(x0, idx[i], axis=1), np.take(x1, idx[i + 1], axis=1)], axis=-1)
-                out.append(_auroc_rows(both, idx[i].shape[-1]).mean(0))  # (seeds, ..., n) -> (...)
+                out.append(weight * _auroc_rows(both, idx[i].shape[-1]).mean(0))  # (seeds, ..., n) -> (...)
                 i += 2
             else:
-                out.append(np.take(x0, idx[i], axis=1).mean(-1).mean(0))
+                out.append(weight * np.take(x0, idx[i], axis=1).mean(-1).mean(0))
                 i += 1
-        return np.mean(out, axis=0)
+        return np.sum(out, axis=0)
 
     res = stats.bootstrap(tuple(samples), statistic, n_resamples=n_resamples, vectorized=True, paired=False,
                           confidence_level=level, method="percentile", rng=np.random.default_rng(RNG_SEED))
@@ -142,8 +158,8 @@ def bootstrap_ci(cell: Cell, metric: str, level: float = LEVEL, n_resamples: int
 
 @dataclass(frozen=True)
 class Paired:
-    """A paired comparison of cells A and B on one category: the difference of their values (A - B) on the shared
-    images, its interval, the p-value (``alternative``), the test's name and the images it used."""
+    """A paired comparison of A and B: the difference of their values (A - B) on the shared images, its interval,
+    the p-value (``alternative``), the test's name and the images it used."""
 
     difference: float
     low: float | None
@@ -153,28 +169,40 @@ class Paired:
     n_images: int
 
 
-def paired_test(a: Sequence[PerImage], b: Sequence[PerImage], category: str, metric: str,
-                alternative: str = "two-sided", level: float = LEVEL) -> Paired | None:
-    """A against B (each one per-image table per seed) on ``category``'s shared images; None where the metric
-    is undefined there. ``alternative``: ``two-sided`` or ``greater`` (A above B)."""
+def paired_test(a: Sequence[PerImage], b: Sequence[PerImage], metric: str, alternative: str = "two-sided",
+                level: float = LEVEL) -> Paired | None:
+    """A against B (each one per-image table per seed, of one data set) on their shared images, over every
+    category they all hold; None where the metric is undefined there. ``alternative``: ``two-sided`` or
+    ``greater`` (A above B)."""
     if alternative not in ("two-sided", "greater"):
         raise ValueError(f"alternative must be 'two-sided' or 'greater', got {alternative!r}")
-    al = align([*a, *b], category)
     ka, kb = len(a), len(b)
+    aligned = [align([*a, *b], c) for c in categories([*a, *b])]
     if metric == "image_auroc":
-        if min(int((al.labels == 0).sum()), int((al.labels == 1).sum())) < MIN_PER_CLASS:
-            return None  # DeLong's variance needs two images of each class
         weights = np.r_[np.full(ka, 1 / ka), np.full(kb, -1 / kb)]
-        c = delong_contrast(al.scores, al.labels, weights, level=level)
-        p = c.p if alternative == "two-sided" else float(stats.norm.sf(c.z)) if c.se > 0 else \
-            (0.0 if c.estimate > 0 else 1.0)
-        return Paired(c.estimate, c.low, c.high, p, "DeLong", len(al.labels))
+        parts = [delong_contrast(al.scores, al.labels, weights, level=level) for al in aligned
+                 if min(int((al.labels == 0).sum()), int((al.labels == 1).sum())) >= MIN_PER_CLASS]
+        if not parts or len(parts) < len(aligned):
+            return None  # DeLong's variance needs two images of each class in every category
+        estimate = float(np.mean([c.estimate for c in parts]))
+        se = math.sqrt(sum(c.se ** 2 for c in parts)) / len(parts)
+        n = sum(len(al.labels) for al in aligned)
+        if se == 0:
+            p = 1.0 if estimate == 0 or alternative == "greater" and estimate < 0 else 0.0
+            return Paired(estimate, estimate, estimate, p, "DeLong", n)
+        z = estimate / se
+        p = float(2 * stats.norm.sf(abs(z)) if alternative == "two-sided" else stats.norm.sf(z))
+        half = float(stats.norm.ppf(0.5 + level / 2)) * se
+        return Paired(estimate, estimate - half, estimate + half, p, "DeLong", n)
     if metric == "aupimo":
-        values = al.aupimo[:, al.labels == 1]
-        values = values[:, np.isfinite(values).all(0)]
-        if values.shape[1] < 1:
+        diffs = []
+        for al in aligned:
+            values = al.aupimo[:, al.labels == 1]
+            values = values[:, np.isfinite(values).all(0)]
+            diffs.append(values[:ka].mean(0) - values[ka:].mean(0))
+        diff = np.concatenate(diffs) if diffs else np.zeros(0)
+        if len(diff) < 1:
             return None
-        diff = values[:ka].mean(0) - values[ka:].mean(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-zero differences: scipy's p = 1, with a warning
             p = float(stats.wilcoxon(diff, alternative=alternative).pvalue)
@@ -196,7 +224,7 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return [float(p) for p in multipletests(list(pvalues), alpha=ALPHA, method="holm")[1]]
 
 
-def top_group(cells: Mapping[str, Sequence[PerImage]], values: Mapping[str, float], category: str, metric: str
+def top_group(cells: Mapping[str, Sequence[PerImage]], values: Mapping[str, float], metric: str
               ) -> dict[str, float | None]:
     """Methods (keys of ``cells``, each one per-image table per seed) against the best by ``values`` (their cell
     values): method -> the Holm-adjusted one-sided p-value of 'best above it' (None for the best itself). A
@@ -209,7 +237,7 @@ def top_group(cells: Mapping[str, Sequence[PerImage]], values: Mapping[str, floa
     for m in sorted(ranked):
         if m == best:
             continue
-        result = paired_test(cells[best], cells[m], category, metric, alternative="greater")
+        result = paired_test(cells[best], cells[m], metric, alternative="greater")
         if result is not None:
             others.append(m)
             raw.append(result.p)

@@ -39,7 +39,7 @@ def aupimo_value(table: PerImage | None) -> float | None:
 
 
 def complete(tables: Mapping[str, Mapping[int, PerImage | None]]) -> dict[str, list[PerImage]] | None:
-    """``category -> seed -> table`` as a :data:`~oadbench.significance.Cell`, or None when a run has none."""
+    """``data set -> seed -> table`` as a :data:`~oadbench.significance.Cell`, or None when a run has none."""
     if not tables or any(t is None for seeds in tables.values() for t in seeds.values()):
         return None
     return {c: [seeds[s] for s in sorted(seeds)] for c, seeds in tables.items()}  # type: ignore[misc]
@@ -54,9 +54,9 @@ def interval_columns(cell: Mapping[str, Sequence[PerImage]] | None) -> dict[str,
     return out
 
 
-def marker_columns(cells: Mapping[Hashable, Sequence[PerImage] | None], values: Mapping[Hashable, Mapping[str, Any]],
-                   category: str) -> dict[Hashable, dict[str, Any]]:
-    """The rows of one category (key -> its seeds' tables, None without; key -> its row's ``<m>_mean``): each
+def marker_columns(cells: Mapping[Hashable, Sequence[PerImage] | None], values: Mapping[Hashable, Mapping[str, Any]]
+                   ) -> dict[Hashable, dict[str, Any]]:
+    """The rows of one data set (key -> its seeds' tables, None without; key -> its row's ``<m>_mean``): each
     key's ``<m>_top`` and ``<m>_p_best``. Only rows with tables compete."""
     out: dict[Hashable, dict[str, Any]] = {k: {} for k in cells}
     with_tables = {k: v for k, v in cells.items() if v is not None}
@@ -64,7 +64,7 @@ def marker_columns(cells: Mapping[Hashable, Sequence[PerImage] | None], values: 
         means = {k: values[k].get(f"{m}_mean") for k in with_tables}
         means = {k: v for k, v in means.items() if v is not None and not math.isnan(v)}
         names = {str(k): k for k in means}
-        group = top_group({str(k): with_tables[k] for k in means}, {str(k): means[k] for k in means}, category, m)
+        group = top_group({str(k): with_tables[k] for k in means}, {str(k): means[k] for k in means}, m)
         for name, p in group.items():
             out[names[name]][f"{m}_p_best"] = p
             out[names[name]][f"{m}_top"] = 1 if p is None or p >= ALPHA else 0

@@ -280,3 +280,28 @@ def test_stream_rows_round_trip_with_drift_columns(tmp_path):
     assert back["score"].astype(np.float32).tolist() == np.array([0.1, 1e-8, 123456.7], np.float32).tolist()
     assert back["drift_0_brightness"].tolist() == [0.0, 0.25, 0.5]
     assert save_per_image(tmp_path / "again.json", rows.table())["sha256"] == entry["sha256"]  # same bytes
+
+
+def test_several_categories_in_one_run_combine_as_independent_test_sets():
+    """A continual run's results hold several categories: its value is their mean, and the paired test combines
+    the categories' DeLong contrasts as independent estimates (disjoint test images)."""
+    from oadbench.significance import bootstrap_ci, paired_test
+
+    def joined(method: str, seed: int) -> PerImage:
+        parts = [grid_tables(method, c, seed) for c in ("capsule", "fabric")]
+        return PerImage(HOLDOUT, {k: np.concatenate([p[k] for p in parts]) for k in parts[0].columns})
+
+    a, b = [joined("beta", s) for s in SEEDS], [joined("alpha", s) for s in SEEDS]
+    contrasts = []
+    for category in ("capsule", "fabric"):
+        scores = np.stack([t["score"] for t in [*seeds_of("beta", category), *seeds_of("alpha", category)]])
+        contrasts.append(delong_contrast(scores, grid_tables("beta", category, 0)["label"],
+                                         [1 / 3] * 3 + [-1 / 3] * 3))
+    estimate = np.mean([c.estimate for c in contrasts])
+    se = np.sqrt(sum(c.se ** 2 for c in contrasts)) / 2
+    result = paired_test(a, b, "image_auroc")
+    assert result.difference == pytest.approx(estimate, rel=1e-12) and result.n_images == 2 * (N_NORMAL + N_ANOMALOUS)
+    assert result.p == pytest.approx(2 * stats.norm.sf(abs(estimate / se)), rel=1e-9)
+    low, high = bootstrap_ci({"capsule+fabric": a}, "image_auroc")
+    value = np.mean([roc_auc_score(t["label"], t["score"]) for c in ("capsule", "fabric") for t in seeds_of("beta", c)])
+    assert low < value < high
