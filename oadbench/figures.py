@@ -78,7 +78,8 @@ def critical_difference_figure(ranks: Any, out: Path, name: str, title: str) -> 
 
     with plt.style.context("default"):  # the same bytes whether or not another figure set a theme before
         fig, ax = plt.subplots(figsize=(6.4, 0.6 + 0.32 * len(ranks.average)))
-        drawn = sp.critical_difference_diagram(pd.Series(ranks.average), ranks.nemenyi, ax=ax)
+        drawn = sp.critical_difference_diagram(pd.Series(ranks.average), ranks.nemenyi, ax=ax,
+                                               crossbar_props={"color": (0.0, 0.0, 0.0)})  # seaborn remaps "k"
         for lines in drawn["crossbars"]:  # its points come from a set (hash order): sort for stable bytes
             for line in lines:
                 line.set_xdata(sorted(line.get_xdata()))
