@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.errors import ConfigError, DataError
-from oadbench.protocol import ProtocolSpec, protocol_files, read_protocol_file
+from oadbench.protocol import SCORE_THEN_OBSERVE, ProtocolSpec, protocol_files, read_protocol_file
 from oadbench.results import FINISHED
 
 METRICS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro")
@@ -43,7 +43,8 @@ def file_contaminations() -> dict[str, float | None]:
 def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> str:
     """The table a run belongs to, from its resolved protocol config: the name, ``_k<k>`` when the protocol has a
     warm-up of k images, ``_c<percent>`` when the contamination differs from the one the protocol file of that
-    name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation)."""
+    name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation), ``_observe_then_score``
+    for a prequential run in that order."""
     name = str(protocol["name"])
     label = name
     k = int((protocol.get("warmup") or {}).get("k") or 0)
@@ -52,6 +53,9 @@ def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float 
     ratio, default = (protocol.get("stream") or {}).get("contamination"), file_ratios.get(name)
     if ratio is not None and default is not None and not math.isclose(float(ratio), default):
         label += f"_c{100 * float(ratio):g}"
+    order = (protocol.get("evaluation") or {}).get("order")
+    if order not in (None, SCORE_THEN_OBSERVE):
+        label += f"_{order}"
     return label
 
 

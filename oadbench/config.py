@@ -67,9 +67,12 @@ def register_configs(extra_protocols: dict[str, dict[str, Any]] | None = None) -
     protocols.update(extra_protocols or {})
     for name, node in protocols.items():
         source = f"protocol '{name}'"
-        # every protocol node has a drift list (empty: none), so that protocol.drift= can be overridden anywhere
-        cs.store(group="protocol", name=name,
-                 node={"drift": [], **ProtocolSpec.from_dict(node, source=source).to_dict()})
+        # every protocol node has a drift list (empty: none) and an evaluation order, so that protocol.drift= and
+        # protocol.evaluation.order= can be overridden anywhere (records keep the order only when not the default)
+        spec = ProtocolSpec.from_dict(node, source=source)
+        stored = {"drift": [], **spec.to_dict()}
+        stored["evaluation"] = {**stored["evaluation"], "order": spec.evaluation.order}
+        cs.store(group="protocol", name=name, node=stored)
     for name in method_names():
         cs.store(group="method", name=name, node={"name": name, **config_defaults(get_method(name))})
     for name in dataset_names():

@@ -1,5 +1,6 @@
 """Prequential evaluation (score, then observe): every stream batch is scored by the method as it is before it
-observes that batch; at each checkpoint the metrics are computed over every stream image scored so far.
+observes that batch; at each checkpoint the metrics are computed over every stream image scored so far. With
+``evaluation.order: observe_then_score`` each batch is observed first and then scored (transductive).
 
 Warm-up images are observed without being scored. Stream images are scored in their own drift state (the state
 they are observed in) against their masks; pixel metrics are NaN when an anomalous stream image has no mask. A
@@ -18,6 +19,7 @@ import torch
 
 from oadbench.evaluation import Evaluation, Panel
 from oadbench.per_image import PerImage, StreamRows
+from oadbench.protocol import OBSERVE_THEN_SCORE
 
 PANEL_BATCHES = 16  # the last stream batches kept for the W&B panels
 
@@ -37,6 +39,7 @@ class Prequential(Evaluation):
         masks: list[np.ndarray] = []
         tail_images: list[torch.Tensor] = []
         has_masks = True
+        observe_first = self.spec.evaluation.order == OBSERVE_THEN_SCORE
         for t, task in enumerate(self.plan.tasks):
             data = self.prep.datas[t]
             for idx, future in self.data.batches(t, task.warmup, stops, self.observed):
@@ -46,6 +49,8 @@ class Prequential(Evaluation):
             for idx, future in self.data.batches(t, task.stream, stops, self.observed):
                 images, mask = future.result()
                 batch, images, mask, states = self.stream_view(t, idx, images, mask)  # scored in their own state
+                if observe_first:
+                    self.observe(batch, "observe")
                 self.consolidate()
                 image_scores, image_maps = self.score(batch)
                 scores.append(image_scores)
@@ -57,7 +62,8 @@ class Prequential(Evaluation):
                 masks.append(mask.numpy())
                 tail_images = (tail_images + [images])[-PANEL_BATCHES:]
                 has_masks &= all(s.mask_path is not None for s in samples if s.is_anomalous)
-                self.observe(batch, "observe")
+                if not observe_first:
+                    self.observe(batch, "observe")
                 if self.observed in stops:
                     m = self.metrics(np.concatenate(scores), np.concatenate(labels),
                                      np.concatenate(maps) if has_masks else None,

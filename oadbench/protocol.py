@@ -23,6 +23,10 @@ Unknown keys and out-of-range values raise :class:`~oadbench.errors.ConfigError`
 ``evaluation.checkpoints`` observed-image counts (warm-up included) at which to evaluate, or ``log2`` for
                         0, 1, 2, 4, …; the end of the stream (and of each continual task) is always added.
 ``evaluation.batch_size`` images per ``score`` call when scoring the evaluation split.
+``evaluation.order``    prequential only: ``score_then_observe`` (the default: each stream batch is scored by the
+                        model as it was before the batch) or ``observe_then_score`` (transductive: the batch is
+                        observed, then scored -- Online-InReaCh's code does this). Part of a run's identity only
+                        when not the default, so existing records keep their names.
 ``metrics``             metric names, a subset of :data:`METRICS`.
 ``seeds``               the seeds a full benchmark of this protocol runs (sweeps and leaderboards use them).
 ``drift``               a list of drift components (:mod:`oadbench.drift`): how the normal appearance changes along
@@ -49,6 +53,8 @@ POOLS = ("train", "test", "train+test")
 ORDERS = ("shuffled", "anomalies_first", "anomalies_last", "by_defect", "as_listed")
 TRAINING = ("online", "offline")
 EVAL_MODES = ("holdout", "prequential")
+SCORE_THEN_OBSERVE, OBSERVE_THEN_SCORE = "score_then_observe", "observe_then_score"
+EVAL_ORDERS = (SCORE_THEN_OBSERVE, OBSERVE_THEN_SCORE)
 METRICS = IMAGE_METRICS + PIXEL_METRICS
 CHECKPOINT_SCHEDULES = ("log2",)
 
@@ -73,6 +79,7 @@ class EvaluationSpec:
     mode: str = "holdout"
     checkpoints: tuple[int, ...] | str = "log2"
     batch_size: int = 16
+    order: str = SCORE_THEN_OBSERVE
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,8 @@ class ProtocolSpec:
             if not isinstance(self.evaluation.checkpoints, str)
             else self.evaluation.checkpoints
         )
+        if self.evaluation.order == SCORE_THEN_OBSERVE:  # the default is not written: identities stay as they were
+            out["evaluation"].pop("order")
         out["metrics"] = list(self.metrics)
         out["seeds"] = list(self.seeds)
         out["categories"] = list(self.categories) if self.categories is not None else None
@@ -190,7 +199,12 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
         mode=_choice(eval_d.get("mode", de.mode), EVAL_MODES, source, "evaluation.mode"),
         checkpoints=checkpoints,
         batch_size=_int(eval_d.get("batch_size", de.batch_size), source, "evaluation.batch_size", lo=1),
+        order=_choice(eval_d.get("order", de.order), EVAL_ORDERS, source, "evaluation.order"),
     )
+    if evaluation.order != SCORE_THEN_OBSERVE and evaluation.mode != "prequential":
+        raise ConfigError(f"{source}: evaluation.order",
+                          f"{evaluation.order} applies to prequential evaluation (evaluation.mode: prequential), "
+                          f"not to {evaluation.mode}")
 
     metrics = top.get("metrics", METRICS)
     if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not metrics:

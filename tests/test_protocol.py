@@ -98,3 +98,18 @@ def test_checkpoints_schedule():
 def test_round_trip():
     spec = load_protocol("online_cold_start")
     assert ProtocolSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_evaluation_order_is_prequential_only_and_written_only_when_not_the_default():
+    preq = {**BASE, "stream": {"pool": "train+test", "contamination": None}, "evaluation": {"mode": "prequential"}}
+    default = ProtocolSpec.from_dict(preq)
+    assert default.evaluation.order == "score_then_observe" and "order" not in default.to_dict()["evaluation"]
+    explicit = ProtocolSpec.from_dict({**preq, "evaluation": {"mode": "prequential", "order": "score_then_observe"}})
+    assert explicit.to_dict() == default.to_dict()  # the default never changes a run's identity
+    ots = ProtocolSpec.from_dict({**preq, "evaluation": {"mode": "prequential", "order": "observe_then_score"}})
+    assert ots.to_dict()["evaluation"]["order"] == "observe_then_score"
+    assert ProtocolSpec.from_dict(ots.to_dict()) == ots
+    with pytest.raises(ConfigError, match=r"evaluation\.order.*allowed: score_then_observe, observe_then_score"):
+        ProtocolSpec.from_dict({**preq, "evaluation": {"mode": "prequential", "order": "later"}})
+    with pytest.raises(ConfigError, match=r"evaluation\.order: observe_then_score applies to prequential"):
+        ProtocolSpec.from_dict({**BASE, "evaluation": {"mode": "holdout", "order": "observe_then_score"}})

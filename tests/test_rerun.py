@@ -107,3 +107,24 @@ def test_per_image_results_agree_with_their_record(mode):
             final = record["checkpoints"][-1]["per_category"][category]["image_auroc"] \
                 if mode == "continual" else record["final"]["image_auroc"]
             assert roc_auc_score(table["label"][rows], table["score"][rows]) == pytest.approx(final, abs=1e-12)
+
+
+def test_observe_then_score_scores_each_batch_after_observing_it(tmp_path):
+    """The same prequential run in the transductive order: PatchCore has each image's own patches in its memory
+    when it scores it, so every score is about zero (Online-InReaCh's update-then-score); the default order's
+    record keeps its name, the other order gets its own identity and table."""
+    from oadbench.cells import protocol_label
+    from oadbench.per_image import read_per_image
+
+    old = json.loads((RECORDS_DIR / RECORDS["prequential"]).read_text())["config"]
+    config = {**old, "results_dir": str(tmp_path), "method": {"name": "patchcore"}}
+    config["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
+    default = run(config)
+    evaluation = {**config["protocol"]["evaluation"], "order": "observe_then_score"}
+    transductive = run({**config, "protocol": {**config["protocol"], "evaluation": evaluation}})
+    assert default["id"] != transductive["id"] and "order" not in default["config"]["protocol"]["evaluation"]
+    assert protocol_label(transductive["config"]["protocol"], {}) == "online_prequential_observe_then_score"
+    before = read_per_image(Path(default["path"]), default)
+    after = read_per_image(Path(transductive["path"]), transductive)
+    assert after["id"].tolist() == before["id"].tolist()  # the same stream, in the same order
+    assert float(np.max(after["score"])) < 0.1 * float(np.min(before["score"]))
