@@ -109,19 +109,37 @@ def test_per_image_results_agree_with_their_record(mode):
             assert roc_auc_score(table["label"][rows], table["score"][rows]) == pytest.approx(final, abs=1e-12)
 
 
-def test_observe_then_score_scores_each_batch_after_observing_it(tmp_path):
-    """The same prequential run in the transductive order: PatchCore has each image's own patches in its memory
-    when it scores it, so every score is about zero (Online-InReaCh's update-then-score); the default order's
-    record keeps its name, the other order gets its own identity and table."""
+def test_observe_then_score_scores_each_batch_after_observing_it(tmp_path, monkeypatch):
+    """The same prequential run in the transductive order: the method sees each stream batch observed before it
+    is scored (the reverse by default), and PatchCore, with each image's own patches in its memory when it scores
+    it, gives every image a score of about zero (Online-InReaCh's update-then-score); the default order's record
+    keeps its name, the other order gets its own identity and table."""
     from oadbench.cells import protocol_label
+    from oadbench.method import get_method
     from oadbench.per_image import read_per_image
+
+    cls, calls = get_method("patchcore"), []
+    for name in ("observe", "score"):
+        original = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, batch, _f=original, _n=name: calls.append((_n, len(batch)))
+                            or _f(self, batch))
+
+    def stream_calls() -> list[str]:  # the method's calls of one run, in order
+        out = [n for n, _ in calls]
+        calls.clear()
+        return out
 
     old = json.loads((RECORDS_DIR / RECORDS["prequential"]).read_text())["config"]
     config = {**old, "results_dir": str(tmp_path), "method": {"name": "patchcore"}}
     config["dataset"] = {k: v for k, v in config["dataset"].items() if k != "root"}
     default = run(config)
+    order_default = stream_calls()
     evaluation = {**config["protocol"]["evaluation"], "order": "observe_then_score"}
     transductive = run({**config, "protocol": {**config["protocol"], "evaluation": evaluation}})
+    order_transductive = stream_calls()
+    n = default["data"]["stream"]  # batches of one image: one observe and one score per stream image
+    assert order_default[-2 * n:] == ["score", "observe"] * n
+    assert order_transductive[-2 * n:] == ["observe", "score"] * n
     assert default["id"] != transductive["id"] and "order" not in default["config"]["protocol"]["evaluation"]
     assert protocol_label(transductive["config"]["protocol"], {}) == "online_prequential_observe_then_score"
     before = read_per_image(Path(default["path"]), default)
