@@ -293,6 +293,7 @@ def _figs(args: list[str]) -> int:
 
 def _compare(args: list[str]) -> int:
     from oadbench.compare import COMPARE_METRICS, compare, load_side, to_csv, to_text
+    from oadbench.leaderboard import HEADLINE_RECORDS
 
     parser = argparse.ArgumentParser(
         prog="oadbench compare",
@@ -308,7 +309,7 @@ def _compare(args: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("compare.csv"), help="the CSV written (default: compare.csv)")
     _skip_option(parser)
     ns = parser.parse_args(args)
-    lookup = ns.records or [_repo_or_cwd("leaderboards") / "headline" / "records"]
+    lookup = ns.records or [_repo_or_cwd("leaderboards") / HEADLINE_RECORDS]
     a = load_side(ns.a, lookup, ns.protocol, ns.skip_unreadable)
     b = load_side(ns.b, lookup, ns.protocol, ns.skip_unreadable)
     rows, summary = compare(a, b, ns.metric)

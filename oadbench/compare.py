@@ -90,7 +90,7 @@ def _setting(runs: Mapping[int, tuple[Path, Mapping[str, Any]]]) -> dict[str, st
     return {k: " / ".join(sorted(v)) for k, v in out.items()}
 
 
-def _value(path: Path, record: Mapping[str, Any], metric: str, table: PerImage | None) -> float | None:
+def _value(record: Mapping[str, Any], metric: str, table: PerImage | None) -> float | None:
     v = aupimo_value(table) if metric == "aupimo" else (record.get("final") or {}).get(metric)
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 
@@ -112,7 +112,7 @@ def compare(a: Side, b: Side, metric: str = "image_auroc") -> tuple[list[dict[st
             raise DataError(f"{ds}: {a.name} and {b.name} differ in " + "; ".join(differs)
                             + " (a paired comparison needs the same protocol, input size and backbone)")
         tables = {side.name: {s: read_per_image(p, r) for s, (p, r) in side.runs[ds].items()} for side in (a, b)}
-        values = {side.name: mean(_value(p, r, metric, tables[side.name][s]) for s, (p, r) in side.runs[ds].items())
+        values = {side.name: mean(_value(r, metric, tables[side.name][s]) for s, (_, r) in side.runs[ds].items())
                   for side in (a, b)}
         row: dict[str, Any] = {"data_set": ds, "seeds_a": " ".join(map(str, sorted(a.runs[ds]))),
                                "seeds_b": " ".join(map(str, sorted(b.runs[ds]))), "a": values[a.name],

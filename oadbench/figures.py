@@ -37,7 +37,7 @@ from typing import Any
 from oadbench.cells import file_contaminations, run_values, table_of
 from oadbench.errors import DataError
 from oadbench.headline import build_headline, has_per_image, headline_ranks
-from oadbench.record_sets import load_records
+from oadbench.record_sets import folders_of, load_records
 from oadbench.significance import ALPHA
 
 METRIC = "image_auroc"
@@ -149,7 +149,7 @@ def draw_figures(records_dirs: Path | Sequence[Path], out_dir: Path, headline_di
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    folders = [Path(records_dirs)] if isinstance(records_dirs, (str, Path)) else [Path(f) for f in records_dirs]
+    folders = folders_of(records_dirs)
     pairs = load_records(folders, skip_unreadable).finished
     records = [r for _, r in pairs]
     if not records:

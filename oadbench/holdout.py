@@ -91,7 +91,6 @@ class Holdout(Evaluation):
         self.checkpoint(t_current, per_category, task_end, normal_peaks(np.concatenate(normal_maps)),
                         initial if self.data.drift else None, state)
 
-
     def per_image(self) -> PerImage | None:
         """The last checkpoint's splits: each image's score and, where the split's normal pixels resolve the
         lowest FPR of AUPIMO's range, each anomalous image's AUPIMO (NaN otherwise)."""

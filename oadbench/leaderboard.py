@@ -67,7 +67,7 @@ from oadbench.errors import DataError
 from oadbench.figures import draw_headline_cd
 from oadbench.headline import build_headline, headline_csv, headline_markdown, ranks_csv
 from oadbench.per_image import PerImage, read_per_image
-from oadbench.record_sets import load_records, skipped_lines
+from oadbench.record_sets import folders_of, load_records, skipped_lines
 from oadbench.results import FINISHED
 from oadbench.stats import MEAN_ROW, fmt, fmt0, fmt1, fmt3, fmt_pm, mean_over, seed_stats
 from oadbench.table_stats import aupimo_value, complete, interval_columns, marked, marker_columns, stat_columns
@@ -235,12 +235,6 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
     return "\n".join(lines)
 
 
-def _folders(paths: Path | Sequence[Path] | None) -> list[Path]:
-    if paths is None:
-        return []
-    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-
-
 def _shown(folder: Path, bases: Sequence[Path]) -> str:
     """``folder`` as the README names it: relative to the first of ``bases`` it lies in, else its own name."""
     for base in bases:
@@ -260,14 +254,14 @@ def compile_leaderboards(records_dirs: Path | Sequence[Path], out_dir: Path,
     ``<out_dir>/headline/<protocol>_<size>px.csv`` and as the README's first table. An unreadable record file is
     an error naming it (:func:`oadbench.record_sets.load_records`), or with ``skip_unreadable`` listed in the
     README."""
-    folders, out_dir = _folders(records_dirs), Path(out_dir)
+    folders, out_dir = folders_of(records_dirs), Path(out_dir)
     loaded = load_records(folders, skip_unreadable)
     tables = build_tables(loaded.pairs)
     if not tables:
         raise DataError(f"no finished run record under {', '.join(map(str, folders))}")
     written, first = [], []
     skipped = list(loaded.skipped)
-    headline = _folders(headline_dirs)
+    headline = folders_of(headline_dirs)
     if headline:
         hl = load_records(headline, skip_unreadable)
         skipped += hl.skipped

@@ -89,38 +89,45 @@ def save_per_image(record_path: Path, table: PerImage | None) -> dict[str, Any] 
     return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "kind": table.kind, "rows": len(table)}
 
 
-def check_per_image(record_path: Path, record: Mapping[str, Any]) -> str | None:
-    """What is wrong with the sidecar ``record`` names (missing, unreadable, digest or entry not the record's), or
-    None when it is sound or the record names none."""
+def _sidecar(record_path: Path, record: Mapping[str, Any]) -> tuple[Path | None, bytes | None, str | None]:
+    """(path, bytes, None) of the sound sidecar ``record`` names, (None, None, None) where it names none, else
+    (None, None, what is wrong: an entry not of the record's form, a file missing, unreadable or not matching the
+    record's digest)."""
     entry = record.get("per_image")
     if not entry:
-        return None
+        return None, None, None
     if not isinstance(entry, Mapping) or not {"file", "sha256", "kind"} <= set(entry) or \
             entry["kind"] not in COLUMNS:
-        return f"its per_image entry {entry!r} is not {{file, sha256, kind: holdout|prequential, rows}}"
+        return None, None, f"its per_image entry {entry!r} is not {{file, sha256, kind: holdout|prequential, rows}}"
     path = Path(record_path).with_name(str(entry["file"]))
     try:
         data = path.read_bytes()
     except OSError as exc:
-        return f"its per-image file {path} cannot be read ({exc.strerror or exc})"
+        return None, None, f"its per-image file {path} cannot be read ({exc.strerror or exc})"
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        return f"its per-image file {path} does not match the digest the record keeps (changed or from another run)"
-    return None
+        return None, None, (f"its per-image file {path} does not match the digest the record keeps (changed or "
+                            "from another run)")
+    return path, data, None
+
+
+def check_per_image(record_path: Path, record: Mapping[str, Any]) -> str | None:
+    """What is wrong with the sidecar ``record`` names (missing, unreadable, digest or entry not the record's), or
+    None when it is sound or the record names none."""
+    return _sidecar(record_path, record)[2]
 
 
 def read_per_image(record_path: Path, record: Mapping[str, Any]) -> PerImage | None:
     """The per-image results ``record`` (at ``record_path``) names, or None where it names none; a DataError
     naming the file when the sidecar is missing, unreadable or not the record's."""
-    problem = check_per_image(record_path, record)
+    path, data, problem = _sidecar(record_path, record)
     if problem is not None:
         raise DataError(f"{record_path}: {problem}")
-    entry = record.get("per_image")
-    if not entry:
+    if path is None or data is None:
         return None
-    path = Path(record_path).with_name(str(entry["file"]))
-    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    kind = str(record["per_image"]["kind"])
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
     header, body = rows[0], rows[1:]
-    missing = [c for c in COLUMNS[entry["kind"]] if c not in header]
+    missing = [c for c in COLUMNS[kind] if c not in header]
     if missing:
         raise DataError(f"{path}: per-image file without the column(s) {', '.join(missing)}")
     raw = {name: [r[j] for r in body] for j, name in enumerate(header)}
@@ -132,7 +139,7 @@ def read_per_image(record_path: Path, record: Mapping[str, Any]) -> PerImage | N
             cols[name] = np.array([float(v) if v != "" else np.nan for v in values], dtype=np.float64)
         else:
             cols[name] = np.array(values, dtype=str)
-    return PerImage(str(entry["kind"]), cols)
+    return PerImage(kind, cols)
 
 
 def holdout_table(splits: Sequence[tuple[str, Sequence[Any], np.ndarray, np.ndarray]]) -> PerImage:

@@ -76,6 +76,13 @@ def _has(data: Mapping[str, Any], keys: Sequence[str]) -> bool:
     return True
 
 
+def folders_of(paths: Path | Iterable[Path] | None) -> list[Path]:
+    """One folder or several (or None: none) as a list of paths."""
+    if paths is None:
+        return []
+    return [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+
+
 def load_records(folders: Iterable[Path], skip_unreadable: bool = False,
                  required: Sequence[Sequence[str]] = FINISHED_KEYS) -> RecordSet:
     """Every record file under ``folders`` (recursively). Unreadable ones (``required``: the key paths a finished

@@ -41,6 +41,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -224,11 +225,12 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return [float(p) for p in multipletests(list(pvalues), alpha=ALPHA, method="holm")[1]]
 
 
-def top_group(cells: Mapping[str, Sequence[PerImage]], values: Mapping[str, float], metric: str
-              ) -> dict[str, float | None]:
-    """Methods (keys of ``cells``, each one per-image table per seed) against the best by ``values`` (their cell
-    values): method -> the Holm-adjusted one-sided p-value of 'best above it' (None for the best itself). A
-    method is in the top group when that value is at least :data:`ALPHA` (or it is the best)."""
+def top_group(cells: Mapping[Any, Sequence[PerImage]], values: Mapping[Any, float | None], metric: str
+              ) -> dict[Any, float | None]:
+    """Methods (keys of ``cells``, each one per-image table per seed; keys of one kind, sortable) against the
+    best by ``values`` (their cell values; None or NaN: not ranked): method -> the Holm-adjusted one-sided p-value
+    of 'best above it' (None for the best itself). A method is in the top group when that value is at least
+    :data:`ALPHA` (or it is the best)."""
     ranked = [m for m in cells if values.get(m) is not None and not math.isnan(values[m])]
     if not ranked:
         return {}

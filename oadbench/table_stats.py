@@ -12,7 +12,6 @@ its runs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -61,13 +60,10 @@ def marker_columns(cells: Mapping[Hashable, Sequence[PerImage] | None], values: 
     out: dict[Hashable, dict[str, Any]] = {k: {} for k in cells}
     with_tables = {k: v for k, v in cells.items() if v is not None}
     for m in STAT_METRICS:
-        means = {k: values[k].get(f"{m}_mean") for k in with_tables}
-        means = {k: v for k, v in means.items() if v is not None and not math.isnan(v)}
-        names = {str(k): k for k in means}
-        group = top_group({str(k): with_tables[k] for k in means}, {str(k): means[k] for k in means}, m)
-        for name, p in group.items():
-            out[names[name]][f"{m}_p_best"] = p
-            out[names[name]][f"{m}_top"] = 1 if p is None or p >= ALPHA else 0
+        group = top_group(with_tables, {k: values[k].get(f"{m}_mean") for k in with_tables}, m)
+        for key, p in group.items():
+            out[key][f"{m}_p_best"] = p
+            out[key][f"{m}_top"] = 1 if p is None or p >= ALPHA else 0
     return out
 
 

@@ -184,7 +184,7 @@ def test_a_record_without_per_image_results_compiles_with_empty_statistics(grid,
 
 
 def test_compare_identical_folders_and_two_methods(grid, tmp_path):
-    same_a, same_b = load_side(str(f"beta@{grid}"), []), load_side(str(f"beta@{grid}"), [])
+    same_a, same_b = load_side(f"beta@{grid}", []), load_side(f"beta@{grid}", [])
     rows, summary = compare(same_a, same_b)
     assert [r["difference"] for r in rows] == [0.0] * 3 and [r["p"] for r in rows] == [1.0] * 3
     assert summary["wilcoxon_p"] == 1.0  # scipy's convention for all-zero differences
