@@ -67,11 +67,13 @@ def register_configs(extra_protocols: dict[str, dict[str, Any]] | None = None) -
     protocols.update(extra_protocols or {})
     for name, node in protocols.items():
         source = f"protocol '{name}'"
-        # every protocol node has a drift list (empty: none) and an evaluation order, so that protocol.drift= and
-        # protocol.evaluation.order= can be overridden anywhere (records keep the order only when not the default)
+        # every protocol node has a drift list (empty: none), an evaluation order and an unscored count, so that
+        # protocol.drift=, protocol.evaluation.order= and protocol.evaluation.unscored= can be overridden anywhere
+        # (records keep the last two only when not the default)
         spec = ProtocolSpec.from_dict(node, source=source)
         stored = {"drift": [], **spec.to_dict()}
-        stored["evaluation"] = {**stored["evaluation"], "order": spec.evaluation.order}
+        stored["evaluation"] = {**stored["evaluation"], "order": spec.evaluation.order,
+                                "unscored": spec.evaluation.unscored}
         cs.store(group="protocol", name=name, node=stored)
     for name in method_names():
         cs.store(group="method", name=name, node={"name": name, **config_defaults(get_method(name))})

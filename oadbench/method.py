@@ -124,6 +124,8 @@ class MethodContext:
     backbone: str
     channels: tuple[int, ...]  # per requested level
     strides: tuple[int, ...]  # per requested level
+    # the backbone's input normalisation: images reach the method as (pixel / 255 - mean) / std per RGB channel
+    pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
 class Method(abc.ABC):

@@ -1,6 +1,8 @@
 """Prequential evaluation (score, then observe): every stream batch is scored by the method as it is before it
 observes that batch; at each checkpoint the metrics are computed over every stream image scored so far. With
-``evaluation.order: observe_then_score`` each batch is observed first and then scored (transductive).
+``evaluation.order: observe_then_score`` each batch is observed first and then scored (transductive). With
+``evaluation.unscored: n`` the batches starting among the first n stream images are observed and never scored;
+checkpoints that fall among them have no metrics (nothing is scored yet).
 
 Warm-up images are observed without being scored. Stream images are scored in their own drift state (the state
 they are observed in) against their masks; pixel metrics are NaN when an anomalous stream image has no mask. A
@@ -40,6 +42,8 @@ class Prequential(Evaluation):
         tail_images: list[torch.Tensor] = []
         has_masks = True
         observe_first = self.spec.evaluation.order == OBSERVE_THEN_SCORE
+        unscored = self.spec.evaluation.unscored
+        position = 0  # stream images so far, over every task
         for t, task in enumerate(self.plan.tasks):
             data = self.prep.datas[t]
             for idx, future in self.data.batches(t, task.warmup, stops, self.observed):
@@ -49,6 +53,10 @@ class Prequential(Evaluation):
             for idx, future in self.data.batches(t, task.stream, stops, self.observed):
                 images, mask = future.result()
                 batch, images, mask, states = self.stream_view(t, idx, images, mask)  # scored in their own state
+                position += len(idx)
+                if position - len(idx) < unscored:  # a batch starting among the first ``unscored`` images
+                    self.observe(batch, "observe")
+                    continue
                 if observe_first:
                     self.observe(batch, "observe")
                 self.consolidate()

@@ -27,6 +27,9 @@ Unknown keys and out-of-range values raise :class:`~oadbench.errors.ConfigError`
                         model as it was before the batch) or ``observe_then_score`` (transductive: the batch is
                         observed, then scored -- Online-InReaCh's code does this). Part of a run's identity only
                         when not the default, so existing records keep their names.
+``evaluation.unscored`` prequential only: the first n stream images are observed and never scored (Online-InReaCh's
+                        code leaves its first 2 x min_channel_length + 1 images unscored); 0, the default, is
+                        not written into a run's identity.
 ``metrics``             metric names, a subset of :data:`METRICS`.
 ``seeds``               the seeds a full benchmark of this protocol runs (sweeps and leaderboards use them).
 ``drift``               a list of drift components (:mod:`oadbench.drift`): how the normal appearance changes along
@@ -80,6 +83,7 @@ class EvaluationSpec:
     checkpoints: tuple[int, ...] | str = "log2"
     batch_size: int = 16
     order: str = SCORE_THEN_OBSERVE
+    unscored: int = 0
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class ProtocolSpec:
         )
         if self.evaluation.order == SCORE_THEN_OBSERVE:  # the default is not written: identities stay as they were
             out["evaluation"].pop("order")
+        if not self.evaluation.unscored:
+            out["evaluation"].pop("unscored")
         out["metrics"] = list(self.metrics)
         out["seeds"] = list(self.seeds)
         out["categories"] = list(self.categories) if self.categories is not None else None
@@ -200,11 +206,15 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
         checkpoints=checkpoints,
         batch_size=_int(eval_d.get("batch_size", de.batch_size), source, "evaluation.batch_size", lo=1),
         order=_choice(eval_d.get("order", de.order), EVAL_ORDERS, source, "evaluation.order"),
+        unscored=_int(eval_d.get("unscored", de.unscored), source, "evaluation.unscored", lo=0),
     )
     if evaluation.order != SCORE_THEN_OBSERVE and evaluation.mode != "prequential":
         raise ConfigError(f"{source}: evaluation.order",
                           f"{evaluation.order} applies to prequential evaluation (evaluation.mode: prequential), "
                           f"not to {evaluation.mode}")
+    if evaluation.unscored and evaluation.mode != "prequential":
+        raise ConfigError(f"{source}: evaluation.unscored",
+                          f"leaves stream images unscored in prequential evaluation only, not in {evaluation.mode}")
 
     metrics = top.get("metrics", METRICS)
     if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not metrics:

@@ -124,6 +124,7 @@ class Execution:
         context = MethodContext(
             mode=self.spec.training, device=p.device, seed=self.cfg["seed"],
             image_size=p.transform.output_size, backbone=info.name, channels=info.channels, strides=info.strides,
+            pixel_std=info.std,
         )
         self.method = p.method_cls(p.method_config, context)
         self.evaluation = STRATEGIES[self.spec.evaluation.mode](self.data, self.method, self.meter, self.log,

@@ -16,6 +16,7 @@ from oadbench.components import (
     gaussian_blur,
     greedy_kcenter,
     kmeans,
+    mutual_nearest_neighbours,
     nearest_neighbours,
     project,
     smallest_k,
@@ -111,6 +112,23 @@ def test_chunked_nearest_neighbours_match_brute_force(k):
     assert (i == ref_i).float().mean() > 0.99  # near-ties may swap at float32 precision
     d_small, _ = nearest_neighbours(q, bank[:2], k=5)
     assert d_small.shape == (300, 2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("block", [50, 10 ** 6])  # many blocks of rows of ``a``, or one
+def test_mutual_nearest_neighbours_are_the_pairs_nearest_both_ways(block, device):
+    g = torch.Generator().manual_seed(block)
+    a, b = torch.randn(200, 8, generator=g), torch.randn(330, 8, generator=g)
+    rows, partners, dist = mutual_nearest_neighbours(a.to(device), b.to(device), block=block)
+    ref = torch.cdist(a.double(), b.double())
+    a_to_b, b_to_a = ref.argmin(1), ref.argmin(0)
+    expected = [i for i in range(len(a)) if b_to_a[a_to_b[i]] == i]
+    assert 0 < len(expected) < len(a)
+    assert rows.cpu().tolist() == expected and partners.cpu().tolist() == a_to_b[expected].tolist()
+    torch.testing.assert_close(dist.cpu().double(), ref[expected, a_to_b[expected]], rtol=1e-5, atol=1e-5)
+    assert partners.unique().numel() == partners.numel()  # one partner per row, either way
+    empty = mutual_nearest_neighbours(a[:0].to(device), b.to(device))
+    assert all(t.numel() == 0 for t in empty)
 
 
 @pytest.mark.parametrize("device", DEVICES)

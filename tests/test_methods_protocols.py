@@ -11,7 +11,7 @@ from oadbench.protocol import load_protocol
 from oadbench.runner import run
 from tests.conftest import small_run
 
-METHODS = ["padim", "patchcore", "cfa", "lemo"]
+METHODS = ["padim", "patchcore", "cfa", "lemo", "inreach"]
 PROTOCOLS = {
     "offline": [],
     "online_cold_start": [],

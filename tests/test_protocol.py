@@ -113,3 +113,10 @@ def test_evaluation_order_is_prequential_only_and_written_only_when_not_the_defa
         ProtocolSpec.from_dict({**preq, "evaluation": {"mode": "prequential", "order": "later"}})
     with pytest.raises(ConfigError, match=r"evaluation\.order: observe_then_score applies to prequential"):
         ProtocolSpec.from_dict({**BASE, "evaluation": {"mode": "holdout", "order": "observe_then_score"}})
+    assert "unscored" not in default.to_dict()["evaluation"]  # 0, the default, is not written either
+    skip = ProtocolSpec.from_dict({**preq, "evaluation": {"mode": "prequential", "unscored": 5}})
+    assert skip.to_dict()["evaluation"]["unscored"] == 5 and ProtocolSpec.from_dict(skip.to_dict()) == skip
+    with pytest.raises(ConfigError, match=r"evaluation\.unscored: leaves stream images unscored in prequential"):
+        ProtocolSpec.from_dict({**BASE, "evaluation": {"mode": "holdout", "unscored": 5}})
+    with pytest.raises(ConfigError, match=r"evaluation\.unscored"):
+        ProtocolSpec.from_dict({**preq, "evaluation": {"mode": "prequential", "unscored": -1}})

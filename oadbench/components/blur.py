@@ -29,11 +29,14 @@ def gaussian_blur(maps: torch.Tensor, sigma: float = 4.0) -> torch.Tensor:
     return x.squeeze(1)
 
 
-def upsample_maps(patch_scores: torch.Tensor, size: int | tuple[int, int], sigma: float = 4.0) -> torch.Tensor:
-    """Patch-score grids (B,h,w) -> maps (B,H,W): bilinear upsampling, then a Gaussian blur of ``sigma`` px."""
+def upsample_maps(patch_scores: torch.Tensor, size: int | tuple[int, int], sigma: float = 4.0,
+                  mode: str = "bilinear") -> torch.Tensor:
+    """Patch-score grids (B,h,w) -> maps (B,H,W): upsampling (``bilinear``, or ``nearest``: each patch score
+    repeated over its cell, InReaCh's block upsampling), then a Gaussian blur of ``sigma`` px."""
     if isinstance(size, int):
         size = (size, size)
-    maps = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    kwargs = {"align_corners": False} if mode == "bilinear" else {}
+    maps = F.interpolate(patch_scores.unsqueeze(1), size=size, mode=mode, **kwargs).squeeze(1)
     return gaussian_blur(maps, sigma)
 
 

@@ -69,6 +69,38 @@ def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, qu
     return out_d, out_i
 
 
+def mutual_nearest_neighbours(a: torch.Tensor, b: torch.Tensor, block: int = QUERY_CHUNK * QUERY_CHUNK
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The mutual nearest neighbours of two sets of rows ``a`` (M, D) and ``b`` (N, D): the pairs (i, j) where
+    b[j] is the nearest row of ``b`` to a[i] and a[i] the nearest row of ``a`` to b[j] (exact; ties go to the
+    lower index). Returns the indices into ``a`` (K,), ascending, their partners' indices into ``b`` (K,) and the
+    pairs' Euclidean distances (K,); each row takes part in at most one pair. Both directions are read from the
+    same squared distances |a|² + |b|² - 2 a·b, computed once, a block of rows of ``a`` at a time (peak extra
+    memory: about ``block`` floats)."""
+    device = a.device
+    m, n = a.shape[0], b.shape[0]
+    if m == 0 or n == 0:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), torch.empty(0, dtype=torch.float32, device=device)
+    a, b = a.float(), b.float()
+    b_sq = (b * b).sum(1)
+    row_d = torch.empty(m, device=device)
+    row_i = torch.empty(m, dtype=torch.long, device=device)
+    col_d = torch.full((n,), float("inf"), device=device)
+    col_i = torch.zeros(n, dtype=torch.long, device=device)
+    step = max(1, block // n)
+    for s in range(0, m, step):
+        q = a[s:s + step]
+        d = torch.addmm(b_sq.unsqueeze(0), q, b.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
+        row_d[s:s + step], row_i[s:s + step] = d.min(1)
+        d, i = d.min(0)
+        nearer = d < col_d  # strict: an earlier block keeps a tie
+        col_d = torch.where(nearer, d, col_d)
+        col_i = torch.where(nearer, i + s, col_i)
+    rows = torch.nonzero(col_i[row_i] == torch.arange(m, device=device)).flatten()
+    return rows, row_i[rows], row_d[rows].clamp_min(0.0).sqrt()
+
+
 def smallest_sq_distances(z: torch.Tensor, bank: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` smallest squared Euclidean distances (N, n) of each row of ``z`` (N, D) to the rows of ``bank``
     (M, D), nearest first, differentiable w.r.t. ``z`` and ``bank``. The neighbours are found without gradient
