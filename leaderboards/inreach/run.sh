@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# InReaCh and Online-InReaCh beside the four methods (issue 31's measurements), into leaderboards/inreach/records.
+#
+#   MTD_ROOT=<Magnetic Tile Defects> MVTEC_ROOT=<MVTec AD> leaderboards/inreach/run.sh [LANES] [FIRST] [LAST]
+#
+# Lines run in the order below (most informative and cheapest first), LANES (default 2) processes sharing each
+# sweep through run claims (finished runs are skipped, so it resumes); FIRST/LAST (default all) pick lines by
+# their 0-based index. Same reductions as leaderboards/run_grid.sh: 128 px, one torch thread per lane, W&B
+# disabled, the grid's checkpoint schedules. The four methods' cells that the published grid already has are read
+# from leaderboards/records; this adds the cells it lacks (the observe-then-score order, more contamination
+# levels, offline training on contaminated data, MVTec AD screw).
+# Then: oadbench leaderboard leaderboards/records leaderboards/inreach/records --out leaderboards/inreach/tables
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+: "${MTD_ROOT:?set MTD_ROOT to the Magnetic Tile Defects folder}"
+: "${MVTEC_ROOT:?set MVTEC_ROOT to the MVTec AD folder}"
+LANES=${1:-2}
+COMMON=(threads=1 wandb.mode=disabled progress=false image_size=128 results_dir=leaderboards/inreach/records)
+SYN=(dataset=synthetic dataset.root=.cache/synthetic dataset.category=all)
+MTD=(dataset=mtd "dataset.root=$MTD_ROOT")
+MVT=(dataset=mvtec "dataset.root=$MVTEC_ROOT" dataset.category=transistor)
+SCR=(dataset=mvtec "dataset.root=$MVTEC_ROOT" dataset.category=screw)
+FOUR=padim,patchcore,cfa,lemo
+SYN_CK='protocol.evaluation.checkpoints=[0,1,2,5,10,20,50]'
+MTD_CK='protocol.evaluation.checkpoints=[0,5,20,50,200]'
+OTS=protocol.evaluation.order=observe_then_score
+NOCK='protocol.evaluation.checkpoints=[]'
+
+# dataset key, seeds, methods, then overrides
+LINES=(
+  "MVT 0,1,2 inreach protocol=online_cold_start $MTD_CK"
+  "MVT 0,1,2 inreach protocol=online_prequential"
+  "MVT 0,1,2 inreach protocol=online_prequential $OTS"
+  "MVT 0,1,2 inreach protocol=online_inreach"
+  "MVT 0,1,2 inreach protocol=online_contaminated $MTD_CK"
+  "MVT 0,1,2 inreach,patchcore protocol=online_contaminated protocol.stream.contamination=0.0,0.2,0.3 $NOCK"
+  "MVT 0,1,2 inreach protocol=offline"
+  "MVT 0,1,2 inreach,patchcore protocol=offline protocol.stream.contamination=0.1,0.2,0.3"
+  "MVT 0,1,2 $FOUR protocol=online_prequential $OTS"
+  "SYN 0,1,2 inreach protocol=online_cold_start $SYN_CK"
+  "SYN 0,1,2 inreach protocol=online_prequential"
+  "SYN 0,1,2 inreach protocol=online_prequential $OTS"
+  "SYN 0,1,2 inreach protocol=offline"
+  "MTD 0 inreach protocol=online_cold_start $MTD_CK"
+  "MTD 0 inreach protocol=online_prequential"
+  "MTD 0 inreach protocol=online_prequential $OTS"
+  "MTD 0 inreach protocol=online_contaminated $MTD_CK"
+  "MTD 0 inreach protocol=online_contaminated protocol.stream.contamination=0.0,0.2,0.3 $NOCK"
+  "MTD 0 inreach protocol=offline"
+  "MTD 0 inreach,patchcore protocol=offline protocol.stream.contamination=0.1,0.2,0.3"
+  "MTD 0 $FOUR protocol=online_prequential $OTS"
+  "SCR 0 inreach,$FOUR protocol=online_cold_start $MTD_CK"
+  "SCR 0 inreach,$FOUR protocol=online_prequential"
+  "SCR 0 inreach,$FOUR protocol=online_prequential $OTS"
+)
+FIRST=${2:-0}
+LAST=${3:-$(( ${#LINES[@]} - 1 ))}
+
+lane() {  # odd lanes take each sweep's seeds and methods in reverse, so two lanes meet in the middle
+  local i=$1 n
+  for (( n=FIRST; n<=LAST; n++ )); do
+    read -r -a words <<< "${LINES[n]}"
+    local data=("${MTD[@]}") seeds=${words[1]} methods=${words[2]}
+    [[ ${words[0]} == SYN ]] && data=("${SYN[@]}")
+    [[ ${words[0]} == MVT ]] && data=("${MVT[@]}")
+    [[ ${words[0]} == SCR ]] && data=("${SCR[@]}")
+    if (( i % 2 )); then
+      seeds=$(tr ',' '\n' <<< "$seeds" | tac | paste -sd,)
+      methods=$(tr ',' '\n' <<< "$methods" | tac | paste -sd,)
+    fi
+    oadbench run -m "${COMMON[@]}" "${data[@]}" "${words[@]:3}" "method=$methods" "seed=$seeds" \
+      "hydra.sweep.dir=${TMPDIR:-/tmp}/oadbench-inreach/lane$i" || echo "lane $i: a sweep reported failures: ${LINES[n]}" >&2
+  done
+}
+
+for (( l=0; l<LANES; l++ )); do lane "$l" > "${TMPDIR:-/tmp}/oadbench-inreach-lane$l.log" 2>&1 & done
+wait
