@@ -11,7 +11,7 @@ Also measured: offline PatchCore on 200 training images at 256 px (peak RSS; tar
 backbone and with WideResNet-50 features (random weights: cost does not depend on weight values), and online
 PatchCore's peak RSS from 400 to 1600 images (target: flat within 10 %).
 
-Usage: python benchmarks/bench_methods.py [--methods padim patchcore cfa lemo] [--lengths 100 400 1600]
+Usage: python benchmarks/bench_methods.py [--methods padim patchcore cfa lemo inreach] [--lengths 100 400 1600]
        [--device cpu] [--threads N] [--out benchmarks/results] [--skip-offline] [--merge] [--note TEXT]
 Writes ``<out>/methods-<device>.json`` and ``.md`` and prints the table. ``--merge`` re-measures only the given
 cells: the other rows of the existing JSON are kept (each row says when it was measured), the new ones replace
@@ -73,7 +73,7 @@ def fmt(v, digits=1):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--methods", nargs="+", default=["padim", "patchcore", "cfa", "lemo"])
+    parser.add_argument("--methods", nargs="+", default=["padim", "patchcore", "cfa", "lemo", "inreach"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[100, 400, 1600])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: all)")

@@ -26,32 +26,31 @@ MTD_CK='protocol.evaluation.checkpoints=[0,5,20,50,200]'
 OTS=protocol.evaluation.order=observe_then_score
 NOCK='protocol.evaluation.checkpoints=[]'
 
-# dataset key, seeds, methods, then overrides
+# dataset key, seeds, methods, then overrides. Selection rule (fixed before running): every cell is reported;
+# MVTec AD transistor gets seeds 0-2 everywhere, the synthetic categories seed 0; MTD and screw, whose InReaCh
+# runs cost hours at the default memory (members grow to ~64 % of all stream patches on transistor's prequential
+# stream), run seed 0 with the stated reductions, or not at all when the session's budget is spent (the note says
+# which).
 LINES=(
   "MVT 0,1,2 inreach protocol=online_cold_start $MTD_CK"
   "MVT 0,1,2 inreach protocol=online_prequential"
   "MVT 0,1,2 inreach protocol=online_prequential $OTS"
-  "MVT 0,1,2 inreach protocol=online_inreach"
   "MVT 0,1,2 inreach protocol=online_contaminated $MTD_CK"
   "MVT 0,1,2 inreach,patchcore protocol=online_contaminated protocol.stream.contamination=0.0,0.2,0.3 $NOCK"
   "MVT 0,1,2 inreach protocol=offline"
-  "MVT 0,1,2 inreach,patchcore protocol=offline protocol.stream.contamination=0.1,0.2,0.3"
   "MVT 0,1,2 $FOUR protocol=online_prequential $OTS"
-  "SYN 0,1,2 inreach protocol=online_cold_start $SYN_CK"
-  "SYN 0,1,2 inreach protocol=online_prequential"
-  "SYN 0,1,2 inreach protocol=online_prequential $OTS"
-  "SYN 0,1,2 inreach protocol=offline"
-  "MTD 0 inreach protocol=online_cold_start $MTD_CK"
-  "MTD 0 inreach protocol=online_prequential"
-  "MTD 0 inreach protocol=online_prequential $OTS"
-  "MTD 0 inreach protocol=online_contaminated $MTD_CK"
-  "MTD 0 inreach protocol=online_contaminated protocol.stream.contamination=0.0,0.2,0.3 $NOCK"
-  "MTD 0 inreach protocol=offline"
-  "MTD 0 inreach,patchcore protocol=offline protocol.stream.contamination=0.1,0.2,0.3"
-  "MTD 0 $FOUR protocol=online_prequential $OTS"
-  "SCR 0 inreach,$FOUR protocol=online_cold_start $MTD_CK"
+  "SYN 0 inreach protocol=online_cold_start $SYN_CK"
+  "SYN 0 inreach protocol=online_prequential"
+  "SYN 0 inreach protocol=online_prequential $OTS"
+  "SYN 0 inreach protocol=offline"
+  "MVT 0,1,2 inreach protocol=online_inreach"
+  "MVT 0 inreach,patchcore protocol=offline protocol.stream.contamination=0.1,0.2,0.3"
+  "MTD 0 inreach protocol=online_prequential method.max_members=100000"
+  "MTD 0 inreach protocol=online_prequential method.max_members=100000 $OTS"
+  "MTD 0 inreach protocol=online_cold_start method.max_members=100000 $NOCK"
   "SCR 0 inreach,$FOUR protocol=online_prequential"
   "SCR 0 inreach,$FOUR protocol=online_prequential $OTS"
+  "SCR 0 inreach,$FOUR protocol=online_cold_start $NOCK"
 )
 FIRST=${2:-0}
 LAST=${3:-$(( ${#LINES[@]} - 1 ))}
