@@ -28,9 +28,15 @@ Offline (``training: offline``; InReaCh, defaults ``assoc_depth`` 10, ``min_chan
   comment and the paper describe it (per image patch);
 - a channel = a seed patch and its linked patches; kept when it has *more than* ``min_channel_length`` members;
   then members whose distance to the channel mean exceeds ``max_channel_std`` x the standard deviation of the
-  members' distances to the mean (population std, as the code: "spherical standard deviation") are dropped and the
-  length checked again. Boundary: a member exactly at the bound stays (the code's strict ``<`` drops every member
-  of a channel of identical patches, whose bound is 0);
+  members' distances to the mean (``spread: code``, the published code's reading of its "spherical standard
+  deviation": the population std of the distances) are dropped and the length checked again. Boundary: a member
+  exactly at the bound stays (the code's strict ``<`` drops every member of a channel of identical patches, whose
+  bound is 0). In 216 dimensions the distances to a mean concentrate, so their std is small next to them and the
+  code's bound drops most members (transistor, 128 px: 216,877 members of long channels, 86,193 kept). ``spread:
+  spherical`` takes σ as the members' root-mean-square distance to the mean (the spherical standard deviation of
+  the cloud, the reading under which 5 σ drops outliers only). Measured on transistor (128 px, seed 0; the
+  offline form does not depend on the seed): image AUROC 0.855 with ``code`` (the default: the published form),
+  see the README for ``spherical``;
 - the nominal memory is every surviving member (a patch in two channels is stored once: same scores);
 - positional embedding (``positional: auto``): two coordinate channels (column·w/W, row·w/H, w =
   ``positional_weight`` 5.0) are appended to every descriptor when the mean training image differs from its
@@ -67,17 +73,18 @@ Evaluation order: Online-InReaCh's code adds an image to its channels before sco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from oadbench.components import mutual_nearest_neighbours, nearest_neighbours, upsample_maps
 from oadbench.errors import ConfigError
-from oadbench.method import Batch, Method, MethodContext, Scores, register_method, tensor_bytes
+from oadbench.method import OMIT_AT_DEFAULT, Batch, Method, MethodContext, Scores, register_method, tensor_bytes
 from oadbench.validate import check_choice
 
 POSITIONAL = ("auto", "on", "off")
+SPREADS = ("code", "spherical")
 PUBLISHED_WIDTH = 1024
 PUBLISHED_SIGMA, PUBLISHED_SIZE = 13.0, 224  # the map blur in pixels at the published input size
 MIN_LENGTH = {"offline": 3, "online": 2}
@@ -96,6 +103,8 @@ class InReaCh(Method):
         min_channel_length: int | None = None  # None: 3 offline (kept when longer), 2 online (kept when as long)
         assoc_depth: int = 10  # offline: seed images
         max_channel_std: float = 5.0  # offline: spread filter, in standard deviations
+        # offline: σ = std of the members' distances to the mean (code) or their RMS (spherical)
+        spread: str = field(default="code", metadata=OMIT_AT_DEFAULT)
         positional: str = "auto"  # auto: offline by the transpose rule, online off; on; off
         positional_weight: float = 5.0
         positional_threshold: float = 1000.0  # mean squared difference, pixel values 0-255
@@ -104,6 +113,7 @@ class InReaCh(Method):
 
         def __post_init__(self) -> None:
             check_choice(self.positional, POSITIONAL, "method.positional")
+            check_choice(self.spread, SPREADS, "method.spread")
             if not self.layers:
                 raise ConfigError("method.layers", "must name at least one backbone level")
             for key, lo in (("embed_dim", 1), ("min_channel_length", 1)):
@@ -199,7 +209,7 @@ class InReaCh(Method):
         if self.positional:
             x = self.with_positions(x)
         members, self.stats = offline_channels(x, self.config.assoc_depth, self.min_length,
-                                               self.config.max_channel_std)
+                                               self.config.max_channel_std, self.config.spread)
         flat = x.reshape(-1, x.shape[-1])
         self.fallback = members.numel() == 0
         self.memory = (flat if self.fallback else flat[members]).contiguous()
@@ -312,12 +322,13 @@ def transpose_difference(mean_image: torch.Tensor, pixel_std: tuple[float, ...])
     return float(diff.square().mean())
 
 
-def offline_channels(x: torch.Tensor, assoc_depth: int, min_channel_length: int, max_channel_std: float
-                     ) -> tuple[torch.Tensor, dict[str, float]]:
+def offline_channels(x: torch.Tensor, assoc_depth: int, min_channel_length: int, max_channel_std: float,
+                     spread: str = "code") -> tuple[torch.Tensor, dict[str, float]]:
     """InReaCh's channels over descriptors ``x`` (N images, P patches, D): the flat indices (into
     ``x.reshape(N·P, D)``, ascending, each once) of every member of a surviving channel, and counts (channels
     formed and kept, members before and after the spread filter). A channel is identified by its seed patch
-    (seed image s < ``assoc_depth``, cell p): flat index s·P + p."""
+    (seed image s < ``assoc_depth``, cell p): flat index s·P + p. ``spread``: σ of the filter is the std of the
+    members' distances to their mean (``code``) or their root-mean-square (``spherical``)."""
     n, p, _ = x.shape
     seeds = min(assoc_depth, n)
     best = torch.full((n, p), float("inf"), device=x.device)
@@ -346,8 +357,8 @@ def offline_channels(x: torch.Tensor, assoc_depth: int, min_channel_length: int,
     mean = torch.zeros(ids.numel(), flat.shape[1], device=x.device).index_add_(0, owner, vectors) / size
     radius = (vectors - mean[owner]).norm(dim=1)
     r_mean = torch.zeros(ids.numel(), device=x.device).index_add_(0, owner, radius) / size[:, 0]
-    r_var = torch.zeros(ids.numel(), device=x.device).index_add_(0, owner, (radius - r_mean[owner]).square())
-    r_std = (r_var / size[:, 0]).sqrt()
+    centred = radius - r_mean[owner] if spread == "code" else radius
+    r_std = (torch.zeros(ids.numel(), device=x.device).index_add_(0, owner, centred.square()) / size[:, 0]).sqrt()
     close = radius <= max_channel_std * r_std[owner]
     member, owner = member[close], owner[close]
     count = torch.bincount(owner, minlength=ids.numel())

@@ -72,6 +72,9 @@ def test_offline_channels_keep_the_nearest_seed_the_minimum_length_and_drop_far_
     # members' distances to the mean (0.5, 0): 0.5, 0.4, 0.6, 0.51, 0.51, 2.5; std 0.75: 2.5 > 2 std
     members, stats = offline_channels(x, assoc_depth=1, min_channel_length=3, max_channel_std=2.0)
     assert members.tolist() == [0, 2, 4, 6, 8] and stats["members_long"] == 6 and stats["members"] == 5
+    # spherical: σ = RMS distance, 1.12: 2.5 is within 3 σ, not within 2 σ
+    assert offline_channels(x, 1, 3, 3.0, "spherical")[0].tolist() == [0, 2, 4, 6, 8, 10]
+    assert offline_channels(x, 1, 3, 2.0, "spherical")[0].tolist() == [0, 2, 4, 6, 8]
     members, _ = offline_channels(x, assoc_depth=1, min_channel_length=5, max_channel_std=2.0)
     assert members.numel() == 0  # 6 members before the filter, 5 after: no longer more than 5
     # two seed images: (3, 0) is nearer to seed 1's (0.1, 0) than to seed 0's (0, 0), so it joins seed 1's
@@ -89,7 +92,8 @@ def test_transpose_rule_in_pixel_values():
 
 @pytest.mark.parametrize(("key", "value"), [("time_to_live", 0), ("max_members", 0), ("assoc_depth", 0),
                                             ("max_channel_std", 0.0), ("min_channel_length", 0),
-                                            ("positional", "maybe"), ("sigma", -1.0), ("embed_dim", 0)])
+                                            ("positional", "maybe"), ("spread", "wide"), ("sigma", -1.0),
+                                            ("embed_dim", 0)])
 def test_bad_hyperparameters_name_their_key(key, value):
     with pytest.raises(ConfigError, match=rf"method\.{key}"):
         InReaCh.Config(**{key: value})
