@@ -31,7 +31,9 @@ NOCK='protocol.evaluation.checkpoints=[]'
 # runs cost hours at the default memory (members grow to ~64 % of all stream patches on transistor's prequential
 # stream), run seed 0 with the stated reductions, or not at all when the session's budget is spent (the note says
 # which). Transistor's 213 training images and 39 streamable defects allow at most 15 % contamination (20 % and
-# 30 % are refused by the protocol), so its levels are 0 / 10 / 15 %.
+# 30 % are refused by the protocol), so its levels are 0 / 10 / 15 %; at 15 % only 2 defective images are left to
+# evaluate, so the levels are also run with stream.overlap=true (the streamed defects stay in the evaluation split,
+# as InReaCh's own contamination experiment keeps its added test images in the test set).
 LINES=(
   "MVT 0,1,2 inreach protocol=online_cold_start $MTD_CK"
   "MVT 0,1,2 inreach protocol=online_prequential"
@@ -39,6 +41,7 @@ LINES=(
   "MVT 0,1,2 $FOUR protocol=online_prequential $OTS"
   "MVT 0,1,2 inreach protocol=online_contaminated $MTD_CK"
   "MVT 0,1,2 inreach,patchcore protocol=online_contaminated protocol.stream.contamination=0.0,0.15 $NOCK"
+  "MVT 0 inreach,patchcore protocol=online_contaminated protocol.stream.contamination=0.0,0.1,0.15 protocol.stream.overlap=true $NOCK"
   "SYN 0 inreach protocol=online_cold_start $SYN_CK"
   "SYN 0 inreach protocol=online_prequential"
   "SYN 0 inreach protocol=online_prequential $OTS"
