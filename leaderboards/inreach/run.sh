@@ -52,6 +52,8 @@ LINES=(
   "MTD 0 inreach protocol=online_prequential method.max_members=100000"
   "MTD 0 inreach protocol=online_prequential method.max_members=100000 $OTS"
   "MTD 0 inreach protocol=online_cold_start method.max_members=100000 $NOCK"
+  "MTD 0 inreach protocol=online_contaminated protocol.stream.contamination=0.0,0.2,0.3 method.max_members=100000 $NOCK"
+  "MTD 0 inreach protocol=online_contaminated method.max_members=100000 $NOCK"
   "SCR 0 inreach,$FOUR protocol=online_prequential"
   "SCR 0 inreach,$FOUR protocol=online_prequential $OTS"
   "SCR 0 inreach,$FOUR protocol=online_cold_start $NOCK"
