@@ -43,8 +43,9 @@ def file_contaminations() -> dict[str, float | None]:
 def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float | None]) -> str:
     """The table a run belongs to, from its resolved protocol config: the name, ``_k<k>`` when the protocol has a
     warm-up of k images, ``_c<percent>`` when the contamination differs from the one the protocol file of that
-    name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation), ``_observe_then_score``
-    for a prequential run in that order."""
+    name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation), ``_overlap`` when the
+    streamed images may also be evaluated (``stream.overlap: true``: no shipped protocol sets it, and its
+    evaluation split differs), ``_observe_then_score`` for a prequential run in that order."""
     name = str(protocol["name"])
     label = name
     k = int((protocol.get("warmup") or {}).get("k") or 0)
@@ -53,6 +54,8 @@ def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float 
     ratio, default = (protocol.get("stream") or {}).get("contamination"), file_ratios.get(name)
     if ratio is not None and default is not None and not math.isclose(float(ratio), default):
         label += f"_c{100 * float(ratio):g}"
+    if (protocol.get("stream") or {}).get("overlap"):
+        label += "_overlap"
     order = (protocol.get("evaluation") or {}).get("order")
     if order not in (None, SCORE_THEN_OBSERVE):
         label += f"_{order}"

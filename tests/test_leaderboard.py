@@ -100,6 +100,7 @@ def test_few_shot_sizes_and_contamination_ratios_get_their_own_tables(tmp_path):
                 ("online_contaminated", {"stream": {"contamination": 0.1}}),  # the protocol file's ratio
                 ("online_contaminated", {"stream": {"contamination": 0.0}}),
                 ("online_contaminated", {"stream": {"contamination": 0.05}}),
+                ("online_contaminated", {"stream": {"contamination": 0.05, "overlap": True}}),
                 ("online_prequential", {"stream": {"contamination": None}, "warmup": {"k": 0}})]
     for i, (protocol, knobs) in enumerate(settings):
         rec = make_record("padim", "capsule", 0, {m: 0.5 + i / 20 for m in METRICS}, run_id=str(i), protocol=protocol)
@@ -110,7 +111,7 @@ def test_few_shot_sizes_and_contamination_ratios_get_their_own_tables(tmp_path):
     written = compile_leaderboards(root, tmp_path / "lb")  # one cell each: no conflict
     assert sorted(p.parent.name for p in written if p.suffix == ".csv") == [
         "few_shot_k1", "few_shot_k8", "online_contaminated", "online_contaminated_c0", "online_contaminated_c5",
-        "online_prequential"]
+        "online_contaminated_c5_overlap", "online_prequential"]
     few = read_csv(tmp_path / "lb" / "few_shot_k8" / "synthetic.csv")[0]
     assert few["image_auroc_mean"] == "0.5500" and few["observe_ms"] == "2.0000" and few["train_s"] == "1.5000"
     assert read_csv(tmp_path / "lb" / "online_contaminated_c5" / "synthetic.csv")[0]["image_auroc_mean"] == "0.7000"
