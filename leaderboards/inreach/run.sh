@@ -54,6 +54,8 @@ LINES=(
   "MTD 0 inreach protocol=online_cold_start method.max_members=100000 $NOCK"
   "MTD 0 inreach protocol=online_contaminated protocol.stream.contamination=0.0,0.2,0.3 method.max_members=100000 $NOCK"
   "MTD 0 inreach protocol=online_contaminated method.max_members=100000 $NOCK"
+  "MTD 0 inreach protocol=offline"
+  "SCR 0 inreach protocol=offline"
   "SCR 0 inreach,$FOUR protocol=online_prequential"
   "SCR 0 inreach,$FOUR protocol=online_prequential $OTS"
   "SCR 0 inreach,$FOUR protocol=online_cold_start $NOCK"
