@@ -16,6 +16,7 @@ BOARDS = REPO / "leaderboards"
 RECORDS = BOARDS / "records"
 HEADLINE = default_headline(BOARDS)  # the headline table's records, compiled when they exist (as the CLI does)
 ABLATION = BOARDS / "lemo_ablation"  # its own tables (`oadbench ablation`), not the leaderboards'
+INREACH = BOARDS / "inreach"  # issue 31's records and tables (with the published grid's), not the leaderboards'
 METHODS = {"cfa", "lemo", "padim", "patchcore"}
 TABLES = ["offline", "online_cold_start", "online_contaminated", "online_prequential",
           *[f"few_shot_k{k}" for k in (1, 2, 4, 8)], "online_drift", "offline_drift"]
@@ -30,10 +31,19 @@ def test_the_committed_leaderboards_are_what_the_committed_records_compile_to(tm
     generated = {p.relative_to(tmp_path) for p in written}
     diagrams = BOARDS.glob("headline/*critical_difference.*")
     committed = {p.relative_to(BOARDS) for p in [*BOARDS.rglob("*.csv"), *diagrams]
-                 if ABLATION not in p.parents} | {Path("README.md")}
+                 if ABLATION not in p.parents and INREACH not in p.parents} | {Path("README.md")}
     assert generated == committed
     for rel in sorted(generated):
         assert (tmp_path / rel).read_bytes() == (BOARDS / rel).read_bytes(), f"{rel} differs from its records"
+
+
+def test_the_inreach_tables_are_what_their_records_and_the_grid_compile_to(tmp_path):
+    """leaderboards/inreach/tables: ``oadbench leaderboard leaderboards/records leaderboards/inreach/records``."""
+    written = compile_leaderboards([RECORDS, INREACH / "records"], tmp_path)
+    committed = {p.relative_to(INREACH / "tables") for p in (INREACH / "tables").rglob("*") if p.is_file()}
+    assert {p.relative_to(tmp_path) for p in written} == committed
+    for rel in sorted(committed):
+        assert (tmp_path / rel).read_bytes() == (INREACH / "tables" / rel).read_bytes(), f"{rel} differs"
 
 
 def test_every_protocol_and_dataset_has_all_four_methods_over_three_seeds():
