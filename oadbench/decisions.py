@@ -1,0 +1,180 @@
+"""Label-free threshold policies: a pass / reject decision for each stream image from the scores of the images
+before it only (issue 32's first part; metrics, the CLI and protected learning build on it).
+
+A policy sees the scores of stream positions 0 … i-1 — never a label, never the current or a later score — and
+sets the threshold t_i; image i is rejected when its score s_i >= t_i. Policies (``NAME[:key=value,...]``):
+
+``quantile``  t_i = the q-quantile (numpy's linear interpolation) of the last ``window`` scores, or of all
+              before i (``window`` unset). Defaults q = 0.99. Rejects about 1 - q of the parts whatever the defect
+              rate (river's ``QuantileFilter`` when ``window`` is unset).
+``pot``       peaks over threshold (SPOT, Siffer et al., KDD 2017): u = the ``init_q``-quantile of the history,
+              a generalized Pareto fitted by maximum likelihood (``scipy.stats.genpareto.fit``, location 0) to the
+              N_u excesses over u, t = u + σ/γ · ((α·n / N_u)^(-γ) - 1) (u - σ·ln(α·n / N_u) for γ = 0) at risk
+              α (``alpha``); refitted every ``refit`` images (between refits the last threshold holds). Defaults
+              init_q = 0.98, alpha = 0.001, refit = 1. With fewer than ``min_excesses`` (10) excesses, t = u.
+``robust``    t_i = median + k · MAD of the history (MAD scaled to a normal σ, ``scipy.stats.median_abs_deviation``
+              with ``scale="normal"``). Default k = 3.
+``fixed``     t_i = ``value`` for every i.
+
+Every policy takes ``min_history`` (default 20; >= 1, or >= 0 for ``fixed``): before that many scores there
+is no threshold and ``warmup`` decides: ``pass`` (the default: with nothing seen yet a line keeps running, and a
+rejection would be a guess) or ``reject`` (hold every part until the detector has history).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from oadbench.errors import ConfigError
+
+POLICIES = ("quantile", "pot", "robust", "fixed")
+WARMUPS = ("pass", "reject")
+KEYS = {  # policy -> its own keys and their defaults
+    "quantile": {"q": 0.99, "window": None},
+    "pot": {"init_q": 0.98, "alpha": 0.001, "refit": 1, "min_excesses": 10},
+    "robust": {"k": 3.0},
+    "fixed": {"value": None},
+}
+COMMON = {"min_history": 20, "warmup": "pass"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated policy: its ``name`` and every parameter (defaults filled in)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICIES:
+            raise ConfigError("decisions.policy", f"unknown policy {self.name!r}", allowed=POLICIES)
+        allowed = {**KEYS[self.name], **COMMON}
+        for key in self.params:
+            if key not in allowed:
+                raise ConfigError(f"decisions.{self.name}.{key}", f"not a parameter of policy {self.name!r}",
+                                  allowed=sorted(allowed))
+        full = {**allowed, **self.params}
+        object.__setattr__(self, "params", full)
+        _validate(self.name, full)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.params[key]
+
+    def label(self) -> str:
+        """``name:key=value,...`` with every non-default parameter, in key order."""
+        defaults = {**KEYS[self.name], **COMMON}
+        changed = [f"{k}={v}" for k, v in sorted(self.params.items()) if v != defaults[k]]
+        return self.name + (":" + ",".join(changed) if changed else "")
+
+
+def parse_policy(text: str) -> Policy:
+    """``NAME[:key=value,...]`` (e.g. ``quantile:q=0.995,window=200``) -> :class:`Policy`; values are numbers,
+    ``none`` or words."""
+    name, _, rest = text.strip().partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError("decisions.policy", f"expected key=value in {text!r}, got {item!r}")
+        params[key.strip()] = _value(value.strip())
+    return Policy(name.strip(), params)
+
+
+def _value(text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _validate(name: str, p: dict[str, Any]) -> None:
+    def number(key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+        v = p[key]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            raise ConfigError(f"decisions.{name}.{key}", f"must be a number in {span}, got {v!r}")
+
+    def integer(key: str, lo: int, optional: bool = False) -> None:
+        v = p[key]
+        if optional and v is None:
+            return
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ConfigError(f"decisions.{name}.{key}", f"must be an integer >= {lo}"
+                              f"{' or none' if optional else ''}, got {v!r}")
+
+    integer("min_history", 0 if name == "fixed" else 1)  # a fixed threshold needs no history
+    if p["warmup"] not in WARMUPS:
+        raise ConfigError(f"decisions.{name}.warmup", f"unknown value {p['warmup']!r}", allowed=WARMUPS)
+    if name == "quantile":
+        number("q", 0.0, 1.0)
+        integer("window", 1, optional=True)
+    elif name == "pot":
+        number("init_q", 0.0, 1.0, lo_open=True, hi_open=True)
+        number("alpha", 0.0, 1.0, lo_open=True, hi_open=True)
+        integer("refit", 1)
+        integer("min_excesses", 2)
+    elif name == "robust":
+        number("k", 0.0, math.inf, hi_open=True)
+    elif p["value"] is None:
+        raise ConfigError("decisions.fixed.value", "the fixed policy needs value=<threshold>")
+    else:
+        number("value", -math.inf, math.inf, lo_open=True, hi_open=True)
+
+
+def pot_threshold(history: np.ndarray, init_q: float, alpha: float, min_excesses: int = 10) -> float:
+    """SPOT's threshold z_α over ``history`` (1-D): u = the ``init_q``-quantile, a GPD (location 0) fitted to
+    the excesses over u, z = u + σ/γ·((α·n/N_u)^(-γ) - 1), or u - σ·ln(α·n/N_u) when γ = 0; u itself with fewer
+    than ``min_excesses`` excesses."""
+    u = float(np.quantile(history, init_q))
+    excess = history[history > u] - u
+    if excess.size < min_excesses:
+        return u
+    gamma, _, sigma = stats.genpareto.fit(excess, floc=0.0)
+    ratio = alpha * history.size / excess.size
+    if abs(gamma) < 1e-12:
+        return u - sigma * math.log(ratio)
+    return u + sigma / gamma * (ratio ** (-gamma) - 1.0)
+
+
+def thresholds(scores: np.ndarray, policy: Policy) -> np.ndarray:
+    """t_i for every stream position i (float, NaN while fewer than ``min_history`` scores came before i),
+    each from ``scores[:i]`` only."""
+    scores = np.asarray(scores, dtype=float)
+    n = scores.size
+    out = np.full(n, np.nan)
+    p = policy.params
+    last = math.nan
+    for i in range(p["min_history"], n):
+        history = scores[:i]
+        if policy.name == "quantile":
+            window = history if p["window"] is None else history[-p["window"]:]
+            out[i] = np.quantile(window, p["q"])
+        elif policy.name == "pot":
+            if math.isnan(last) or (i - p["min_history"]) % p["refit"] == 0:
+                last = pot_threshold(history, p["init_q"], p["alpha"], p["min_excesses"])
+            out[i] = last
+        elif policy.name == "robust":
+            out[i] = np.median(history) + p["k"] * stats.median_abs_deviation(history, scale="normal")
+        else:
+            out[i] = p["value"]
+    return out
+
+
+def decide(scores: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """(rejected bool (n,), thresholds (n,)): image i is rejected when scores[i] >= t_i; before ``min_history``
+    (no threshold) the ``warmup`` key decides."""
+    t = thresholds(scores, policy)
+    scores = np.asarray(scores, dtype=float)
+    rejected = np.where(np.isnan(t), policy["warmup"] == "reject", scores >= np.nan_to_num(t, nan=np.inf))
+    return rejected.astype(bool), t
