@@ -1,0 +1,39 @@
+"""Decision metrics against counts made by hand, and the label-using references against sklearn's definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, precision_score, recall_score
+
+from oadbench.metrics.decision import decision_metrics, hindsight_references
+
+
+def test_decision_metrics_are_the_line_counts():
+    labels = np.array([0] * 8 + [1] * 4)
+    rejected = np.array([1, 0, 0, 0, 0, 0, 0, 0] + [1, 1, 1, 0], dtype=bool)  # 1 false alarm, 1 miss
+    m = decision_metrics(labels, rejected)
+    assert m["false_alarm_rate"] == 1 / 8 and m["miss_rate"] == 1 / 4
+    assert m["precision"] == precision_score(labels, rejected) == 3 / 4
+    assert m["recall"] == recall_score(labels, rejected) and m["f1"] == pytest.approx(f1_score(labels, rejected))
+    assert m["rejections_per_1000"] == 1000 * 4 / 12
+    clean = decision_metrics(np.zeros(5), np.zeros(5, bool))  # no defect, nothing rejected
+    assert clean["false_alarm_rate"] == 0 and math.isnan(clean["miss_rate"]) and math.isnan(clean["precision"])
+    with pytest.raises(ValueError, match="differ in shape"):
+        decision_metrics(labels, rejected[:3])
+
+
+def test_hindsight_references_are_the_best_thresholds_in_hindsight():
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.35, 0.75, 0.95])
+    labels = np.array([0] * 9 + [1] * 3)
+    ref = hindsight_references(scores, labels)
+    # every threshold s >= t by brute force
+    best_f1 = max(f1_score(labels, scores >= t) for t in scores)
+    recall_at = max(np.mean(scores[labels == 1] >= t) for t in scores if np.mean(scores[labels == 0] >= t) <= 0.01)
+    fa_at = min(np.mean(scores[labels == 0] >= t) for t in scores if np.mean(scores[labels == 1] >= t) >= 0.99)
+    assert ref["hindsight_f1"] == pytest.approx(best_f1)
+    assert ref["recall_at_1pct_false_alarms"] == pytest.approx(recall_at) == 1 / 3
+    assert ref["false_alarms_at_99pct_recall"] == pytest.approx(fa_at) == 6 / 9
+    assert all(math.isnan(v) for v in hindsight_references(scores, np.zeros(12)).values())
