@@ -37,3 +37,30 @@ def test_hindsight_references_are_the_best_thresholds_in_hindsight():
     assert ref["recall_at_1pct_false_alarms"] == pytest.approx(recall_at) == 1 / 3
     assert ref["false_alarms_at_99pct_recall"] == pytest.approx(fa_at) == 6 / 9
     assert all(math.isnan(v) for v in hindsight_references(scores, np.zeros(12)).values())
+
+
+def test_a_policy_replayed_on_a_committed_prequential_record(tmp_path):
+    """The committed test record's stream: decisions in stream order from its sidecar, metrics whole and at its
+    checkpoints, equal to recomputing them from the sidecar's rows by hand."""
+    import json
+    from pathlib import Path
+
+    from oadbench.decisions import decide, parse_policy
+    from oadbench.errors import DataError
+    from oadbench.per_image import read_per_image
+    from oadbench.stream_decisions import replay
+
+    records = Path(__file__).parent / "records"
+    path = next((records / "online_prequential").rglob("*.json"))
+    record = json.loads(path.read_text())
+    policy = parse_policy("quantile:q=0.9,min_history=10")
+    result = replay(path, record, policy)
+    table = read_per_image(path, record)
+    order = np.argsort(table["position"])
+    rejected, _ = decide(table["score"][order], policy)
+    np.testing.assert_array_equal(result.rejected, rejected)
+    assert result.final["rejections_per_1000"] == pytest.approx(1000 * rejected.mean())
+    assert result.curve[-1][0] == len(table) and result.curve[-1][1] == decision_metrics(result.labels, rejected)
+    holdout = next((records / "online_cold_start").rglob("*.json"))
+    with pytest.raises(DataError, match="no per-image stream results"):
+        replay(holdout, json.loads(holdout.read_text()), policy)
