@@ -94,7 +94,7 @@ MIN_LENGTH = {"offline": 3, "online": 2}
 @register_method("inreach")
 class InReaCh(Method):
     description = "channels of mutual nearest patches across images (McIntosh & Albu, ICCV 2023 / ECCV 2024)"
-    needs_images = True  # the offline positional rule reads the mean training image
+    needs_images = False  # features only; the offline positional rule (``auto``) reads the images when it needs them
 
     @dataclass(frozen=True)
     class Config:
@@ -190,9 +190,10 @@ class InReaCh(Method):
         x = self.embed(batch)
         if self.offline:
             self._stored.append(x)
-            images = batch.images.double().sum(0)
-            self._image_sum = images if self._image_sum is None else self._image_sum + images
-            self._n_images += len(batch)
+            if self.config.positional == "auto":  # the transpose rule's mean training image
+                images = batch.images.double().sum(0)
+                self._image_sum = images if self._image_sum is None else self._image_sum + images
+                self._n_images += len(batch)
             self._stale = True
             return
         for image in x:
@@ -247,20 +248,23 @@ class InReaCh(Method):
         owner[fresh] = torch.arange(first, first + n_new, device=x.device)
         self.members = torch.cat([self.members, x])
         self.owner = torch.cat([self.owner, owner])
-        excess = self.members.shape[0] - self.config.max_members
-        if excess > 0:
-            self.members, self.owner = self.members[excess:], self.owner[excess:]
-            self.evicted += excess
+        self._evict()
 
     def _start(self, x: torch.Tensor) -> None:
         n = x.shape[0]
         self.seeds = x.clone()
         self.ttl = torch.full((n,), self.config.time_to_live, dtype=torch.long, device=x.device)
         self.length = torch.ones(n, dtype=torch.long, device=x.device)
-        keep = min(n, self.config.max_members)
-        self.evicted += n - keep
-        self.members = x[n - keep:].clone()
-        self.owner = torch.arange(n - keep, n, device=x.device)
+        self.members = x.clone()
+        self.owner = torch.arange(n, device=x.device)
+        self._evict()
+
+    def _evict(self) -> None:
+        """The oldest members beyond ``max_members`` leave (their channels keep their counts)."""
+        excess = self.members.shape[0] - self.config.max_members
+        if excess > 0:
+            self.members, self.owner = self.members[excess:], self.owner[excess:]
+            self.evicted += excess
 
     def _keep_channels(self, alive: torch.Tensor) -> None:
         """Delete the channels not ``alive`` (S,) with their members; the others keep their order."""

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import stats
 
 from oadbench.errors import ConfigError
+from oadbench.validate import check_choice, check_int, check_number
 
 POLICIES = ("quantile", "pot", "robust", "fixed")
 WARMUPS = ("pass", "reject")
@@ -97,37 +98,30 @@ def _value(text: str) -> Any:
 
 
 def _validate(name: str, p: dict[str, Any]) -> None:
-    def number(key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-        v = p[key]
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
-        if not ok:
+    def key(k: str) -> str:
+        return f"decisions.{name}.{k}"
+
+    def number(k: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+        v = check_number(p[k], key(k))
+        if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)):
             span = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-            raise ConfigError(f"decisions.{name}.{key}", f"must be a number in {span}, got {v!r}")
+            raise ConfigError(key(k), f"must be a number in {span}, got {v!r}")
 
-    def integer(key: str, lo: int, optional: bool = False) -> None:
-        v = p[key]
-        if optional and v is None:
-            return
-        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-            raise ConfigError(f"decisions.{name}.{key}", f"must be an integer >= {lo}"
-                              f"{' or none' if optional else ''}, got {v!r}")
-
-    integer("min_history", 0 if name == "fixed" else 1)  # a fixed threshold needs no history
-    if p["warmup"] not in WARMUPS:
-        raise ConfigError(f"decisions.{name}.warmup", f"unknown value {p['warmup']!r}", allowed=WARMUPS)
+    check_int(p["min_history"], key("min_history"), lo=0 if name == "fixed" else 1)  # fixed needs no history
+    check_choice(p["warmup"], WARMUPS, key("warmup"))
     if name == "quantile":
         number("q", 0.0, 1.0)
-        integer("window", 1, optional=True)
+        if p["window"] is not None:
+            check_int(p["window"], key("window"), lo=1)
     elif name == "pot":
         number("init_q", 0.0, 1.0, lo_open=True, hi_open=True)
         number("alpha", 0.0, 1.0, lo_open=True, hi_open=True)
-        integer("refit", 1)
-        integer("min_excesses", 2)
+        check_int(p["refit"], key("refit"), lo=1)
+        check_int(p["min_excesses"], key("min_excesses"), lo=2)
     elif name == "robust":
         number("k", 0.0, math.inf, hi_open=True)
     elif p["value"] is None:
-        raise ConfigError("decisions.fixed.value", "the fixed policy needs value=<threshold>")
+        raise ConfigError(key("value"), "the fixed policy needs value=<threshold>")
     else:
         number("value", -math.inf, math.inf, lo_open=True, hi_open=True)
 
