@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oadbench.decisions import DEFAULT_POLICY
 from oadbench.errors import ConfigError, DataError
 from oadbench.protocol import SCORE_THEN_OBSERVE, ProtocolSpec, protocol_files, read_protocol_file
 from oadbench.results import FINISHED
@@ -45,7 +47,8 @@ def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float 
     warm-up of k images, ``_c<percent>`` when the contamination differs from the one the protocol file of that
     name sets (``file_ratios``: :func:`file_contaminations`, read once per compilation), ``_overlap`` when the
     streamed images may also be evaluated (``stream.overlap: true``: no shipped protocol sets it, and its
-    evaluation split differs), ``_observe_then_score`` for a prequential run in that order."""
+    evaluation split differs), ``_observe_then_score`` for a prequential run in that order, ``_protected`` for
+    protected learning (``decisions.protect``) with the default policy, ``_protected_<policy>`` with another."""
     name = str(protocol["name"])
     label = name
     k = int((protocol.get("warmup") or {}).get("k") or 0)
@@ -59,6 +62,10 @@ def protocol_label(protocol: Mapping[str, Any], file_ratios: Mapping[str, float 
     order = (protocol.get("evaluation") or {}).get("order")
     if order not in (None, SCORE_THEN_OBSERVE):
         label += f"_{order}"
+    decisions = protocol.get("decisions") or {}
+    if decisions.get("protect"):
+        policy = str(decisions.get("policy") or DEFAULT_POLICY)
+        label += "_protected" + ("" if policy == DEFAULT_POLICY else "_" + re.sub(r"[^A-Za-z0-9._]+", "-", policy))
     return label
 
 

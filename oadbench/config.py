@@ -67,13 +67,15 @@ def register_configs(extra_protocols: dict[str, dict[str, Any]] | None = None) -
     protocols.update(extra_protocols or {})
     for name, node in protocols.items():
         source = f"protocol '{name}'"
-        # every protocol node has a drift list (empty: none), an evaluation order and an unscored count, so that
-        # protocol.drift=, protocol.evaluation.order= and protocol.evaluation.unscored= can be overridden anywhere
-        # (records keep the last two only when not the default)
+        # every protocol node has a drift list (empty: none), an evaluation order, an unscored count and a
+        # decisions section, so that protocol.drift=, protocol.evaluation.order=, protocol.evaluation.unscored= and
+        # protocol.decisions.protect= / .policy= can be overridden anywhere (records keep the last three only when
+        # not the default; decisions only when protect is true)
         spec = ProtocolSpec.from_dict(node, source=source)
         stored = {"drift": [], **spec.to_dict()}
         stored["evaluation"] = {**stored["evaluation"], "order": spec.evaluation.order,
                                 "unscored": spec.evaluation.unscored}
+        stored["decisions"] = {"protect": spec.decisions.protect, "policy": spec.decisions.policy}
         cs.store(group="protocol", name=name, node=stored)
     for name in method_names():
         cs.store(group="method", name=name, node={"name": name, **config_defaults(get_method(name))})

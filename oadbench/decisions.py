@@ -42,6 +42,7 @@ KEYS = {  # policy -> its own keys and their defaults
     "fixed": {"value": None},
 }
 COMMON = {"min_history": 20, "warmup": "pass"}
+DEFAULT_POLICY = "quantile"  # the leaderboards' columns and protected learning's default
 
 
 @dataclass(frozen=True)
@@ -141,34 +142,64 @@ def pot_threshold(history: np.ndarray, init_q: float, alpha: float, min_excesses
     return u + sigma / gamma * (ratio ** (-gamma) - 1.0)
 
 
+class Tracker:
+    """A policy run along a stream, one image at a time: :meth:`threshold` is t_i for the next image, from the
+    scores added so far only; :meth:`decide` takes the next image's score, returns (rejected, t_i) and adds the
+    score to the history. What :func:`thresholds` / :func:`decide` replay on a finished stream and what the runner
+    uses for protected learning (``decisions.protect``), so both take the same decisions."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self._history = np.empty(64)
+        self._n = 0
+        self._pot = (-1, math.nan)  # (history length it was fitted at, threshold)
+
+    @property
+    def history(self) -> np.ndarray:
+        return self._history[:self._n]
+
+    def threshold(self) -> float:
+        """t for the next image (NaN while fewer than ``min_history`` scores came before it)."""
+        p, i = self.policy.params, self._n
+        if i < p["min_history"]:
+            return math.nan
+        history = self.history
+        if self.policy.name == "quantile":
+            window = history if p["window"] is None else history[-p["window"]:]
+            return float(np.quantile(window, p["q"]))
+        if self.policy.name == "pot":
+            fitted_at, last = self._pot
+            if fitted_at != i and (math.isnan(last) or (i - p["min_history"]) % p["refit"] == 0):
+                self._pot = (i, pot_threshold(history, p["init_q"], p["alpha"], p["min_excesses"]))
+            return self._pot[1]
+        if self.policy.name == "robust":
+            return float(np.median(history) + p["k"] * stats.median_abs_deviation(history, scale="normal"))
+        return float(p["value"])
+
+    def add(self, score: float) -> None:
+        """The next image's score joins the history."""
+        if self._n == self._history.size:
+            self._history = np.concatenate([self._history, np.empty(self._n)])
+        self._history[self._n] = float(score)
+        self._n += 1
+
+    def decide(self, score: float) -> tuple[bool, float]:
+        """(rejected, t) for the next image, whose score is then added: rejected when score >= t; with no
+        threshold yet the ``warmup`` key decides."""
+        t = self.threshold()
+        rejected = self.policy["warmup"] == "reject" if math.isnan(t) else float(score) >= t
+        self.add(score)
+        return bool(rejected), t
+
+
 def thresholds(scores: np.ndarray, policy: Policy) -> np.ndarray:
     """t_i for every stream position i (float, NaN while fewer than ``min_history`` scores came before i),
     each from ``scores[:i]`` only."""
-    scores = np.asarray(scores, dtype=float)
-    n = scores.size
-    out = np.full(n, np.nan)
-    p = policy.params
-    last = math.nan
-    for i in range(p["min_history"], n):
-        history = scores[:i]
-        if policy.name == "quantile":
-            window = history if p["window"] is None else history[-p["window"]:]
-            out[i] = np.quantile(window, p["q"])
-        elif policy.name == "pot":
-            if math.isnan(last) or (i - p["min_history"]) % p["refit"] == 0:
-                last = pot_threshold(history, p["init_q"], p["alpha"], p["min_excesses"])
-            out[i] = last
-        elif policy.name == "robust":
-            out[i] = np.median(history) + p["k"] * stats.median_abs_deviation(history, scale="normal")
-        else:
-            out[i] = p["value"]
-    return out
+    return decide(scores, policy)[1]
 
 
 def decide(scores: np.ndarray, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
-    """(rejected bool (n,), thresholds (n,)): image i is rejected when scores[i] >= t_i; before ``min_history``
-    (no threshold) the ``warmup`` key decides."""
-    t = thresholds(scores, policy)
-    scores = np.asarray(scores, dtype=float)
-    rejected = np.where(np.isnan(t), policy["warmup"] == "reject", scores >= np.nan_to_num(t, nan=np.inf))
-    return rejected.astype(bool), t
+    """(rejected bool (n,), thresholds (n,)) over a whole stream of scores, in order (:class:`Tracker`)."""
+    tracker = Tracker(policy)
+    out = [tracker.decide(s) for s in np.asarray(scores, dtype=float)]
+    return np.array([r for r, _ in out], dtype=bool), np.array([t for _, t in out], dtype=float)

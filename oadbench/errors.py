@@ -14,6 +14,7 @@ class ConfigError(OadbenchError):
 
     def __init__(self, key: str, message: str, allowed: Iterable[object] | None = None):
         self.key = key
+        self.message = message
         self.allowed = list(allowed) if allowed is not None else None
         text = f"{key}: {message}"
         if self.allowed is not None:

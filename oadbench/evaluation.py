@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -80,6 +80,16 @@ class Evaluation(abc.ABC):
             self.method.observe(batch)
         self.observed += len(batch)
         self.tick(len(batch))
+
+    def withhold(self, n: int) -> None:
+        """``n`` stream images go by without being observed (protected learning): they count as observed for
+        checkpoints and drift (positions on the line), not for the method."""
+        self.observed += n
+        self.tick(n)
+
+    def record_fields(self) -> dict[str, Any]:
+        """What the strategy adds to a finished run's record (nothing by default)."""
+        return {}
 
     def stream_view(self, t: int, idx: list[int], images: torch.Tensor, masks: torch.Tensor | None = None
                     ) -> tuple[Batch, torch.Tensor, torch.Tensor | None, list[DriftState]]:

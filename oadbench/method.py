@@ -90,6 +90,15 @@ class Batch:
         """The normalised images if they exist already (no copy is made), else None."""
         return self._images
 
+    def select(self, rows: Sequence[int]) -> Batch:
+        """The batch of the given rows only (images and features, in that order); deferred stays deferred."""
+        index = torch.as_tensor(list(rows), dtype=torch.long)
+        feats = [f.index_select(0, index.to(f.device)) for f in self.features]
+        if self._images is not None:
+            return Batch(self._images.index_select(0, index.to(self._images.device)), feats)
+        return Batch.deferred(self._source.index_select(0, index.to(self._source.device)),  # type: ignore[union-attr]
+                              self._normalise, feats)  # type: ignore[arg-type]
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Batch is immutable: cannot set {name!r}")
 

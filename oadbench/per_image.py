@@ -9,7 +9,8 @@ metrics cannot give. Two kinds, by evaluation mode:
   anomalous ones without a mask, and splits whose normal pixels are too few to resolve an FPR of 1e-5);
 - ``prequential``: every scored stream image in stream order: ``position`` (0-based), ``category``, ``id``,
   ``label``, ``defect_type``, ``score`` and, with drift, one ``drift_<i>_<kind>`` column per drift component (the
-  magnitude the image was scored in).
+  magnitude the image was scored in); with protected learning (``decisions.protect``) a ``withheld`` column, 1
+  where the runner's policy rejected the image and the method never observed it.
 
 Plain CSV (UTF-8, ``\\n``, the ``csv`` module's quoting), written atomically; float32 scores in their shortest
 round-trip text, so the file, and the SHA-256 the record keeps (``per_image: {file, sha256, kind, rows}``), are
@@ -41,6 +42,7 @@ COLUMNS = {
     PREQUENTIAL: ("position", "category", "id", "label", "defect_type", "score"),
 }
 DRIFT_PREFIX = "drift_"
+WITHHELD = "withheld"  # prequential, protected learning only
 
 
 @dataclass
@@ -69,7 +71,8 @@ def _text(value: Any) -> str:
 
 def to_csv(table: PerImage) -> str:
     """The sidecar's text: the kind's columns, then drift columns in the order given."""
-    names = list(COLUMNS[table.kind]) + [c for c in table.columns if c.startswith(DRIFT_PREFIX)]
+    names = list(COLUMNS[table.kind]) + [WITHHELD] * (WITHHELD in table.columns) + \
+        [c for c in table.columns if c.startswith(DRIFT_PREFIX)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(names)
@@ -133,7 +136,7 @@ def read_per_image(record_path: Path, record: Mapping[str, Any]) -> PerImage | N
     raw = {name: [r[j] for r in body] for j, name in enumerate(header)}
     cols: dict[str, np.ndarray] = {}
     for name, values in raw.items():
-        if name in ("label", "position"):
+        if name in ("label", "position", WITHHELD):
             cols[name] = np.array([int(v) for v in values], dtype=np.int64)
         elif name in ("score", "aupimo") or name.startswith(DRIFT_PREFIX):
             cols[name] = np.array([float(v) if v != "" else np.nan for v in values], dtype=np.float64)
@@ -163,8 +166,9 @@ class StreamRows:
         self.cols: dict[str, list[Any]] = {c: [] for c in COLUMNS[PREQUENTIAL]}
 
     def add(self, category: str, samples: Sequence[Any], scores: np.ndarray,
-            drift: Sequence[Mapping[str, float]] | None = None) -> None:
-        """One scored batch: its samples, image scores and, with drift, each image's described drift state."""
+            drift: Sequence[Mapping[str, float]] | None = None, withheld: Sequence[bool] | None = None) -> None:
+        """One scored batch: its samples, image scores, with drift each image's described drift state, with
+        protected learning whether each was withheld from the method."""
         start = len(self.cols["id"])
         for j, (s, score) in enumerate(zip(samples, scores, strict=True)):
             self.cols["position"].append(start + j)
@@ -173,6 +177,8 @@ class StreamRows:
             self.cols["label"].append(int(s.label))
             self.cols["defect_type"].append(s.defect_type)
             self.cols["score"].append(np.float32(score))
+            if withheld is not None:
+                self.cols.setdefault(WITHHELD, []).append(int(withheld[j]))
             for key, m in (drift[j] if drift else {}).items():
                 self.cols.setdefault(f"{DRIFT_PREFIX}{key}", [np.nan] * (start + j)).append(float(m))
 

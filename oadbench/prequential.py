@@ -10,6 +10,12 @@ checkpoint's metrics are over every stream image scored so far (a stream of seve
 under the current task. The W&B panels show the last stream batches scored; no maps file is written (there is no
 fixed evaluation split). The per-image results are every scored stream image in stream order
 (:class:`oadbench.per_image.StreamRows`).
+
+Protected learning (``decisions.protect``): each scored image is passed or rejected by the label-free policy
+``decisions.policy`` (:class:`oadbench.decisions.Tracker`: the image's score against the threshold set by the
+scores before it); rejected images are withheld from ``observe`` -- they still count as observed for
+checkpoints and drift (they went by on the line) -- and marked in the per-image ``withheld`` column; the record's
+``decisions`` entry counts them (normal and anomalous). Unscored images (``evaluation.unscored``) are observed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from oadbench.decisions import Tracker, parse_policy
 from oadbench.evaluation import Evaluation, Panel
+from oadbench.method import Batch
 from oadbench.per_image import PerImage, StreamRows
 from oadbench.protocol import OBSERVE_THEN_SCORE
 
@@ -32,6 +40,9 @@ class Prequential(Evaluation):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.rows = StreamRows()
+        protect = self.spec.decisions.protect
+        self.tracker = Tracker(parse_policy(self.spec.decisions.policy)) if protect else None
+        self.withheld = {"normal": 0, "anomalous": 0}
 
     def run(self) -> None:
         stops = self.stops()
@@ -64,13 +75,16 @@ class Prequential(Evaluation):
                 scores.append(image_scores)
                 maps.append(image_maps)
                 samples = [data.samples[i] for i in idx]
+                withheld = [self.tracker.decide(s)[0] for s in image_scores] if self.tracker else None
                 self.rows.add(task.category, samples, image_scores,
-                              [self.data.drift.describe(s) for s in states] if self.data.drift else None)
+                              [self.data.drift.describe(s) for s in states] if self.data.drift else None, withheld)
                 labels.append(np.array([s.label for s in samples]))
                 masks.append(mask.numpy())
                 tail_images = (tail_images + [images])[-PANEL_BATCHES:]
                 has_masks &= all(s.mask_path is not None for s in samples if s.is_anomalous)
-                if not observe_first:
+                if withheld is not None and any(withheld):
+                    self.observe_protected(batch, samples, withheld)
+                elif not observe_first:
                     self.observe(batch, "observe")
                 if self.observed in stops:
                     m = self.metrics(np.concatenate(scores), np.concatenate(labels),
@@ -82,5 +96,23 @@ class Prequential(Evaluation):
             self.panel = Panel(torch.cat(tail_images[-n:]), np.concatenate(labels[-n:]), np.concatenate(masks[-n:]),
                                np.concatenate(scores[-n:]), np.concatenate(maps[-n:]))
 
+    def observe_protected(self, batch: Batch, samples: list[Any], withheld: list[bool]) -> None:
+        """Observe the images the policy passed; the rejected ones go by unobserved."""
+        keep = [j for j, w in enumerate(withheld) if not w]
+        if keep:
+            self.observe(batch.select(keep), "observe")
+        self.withhold(len(withheld) - len(keep))
+        for s, w in zip(samples, withheld, strict=True):
+            if w:
+                self.withheld["anomalous" if s.is_anomalous else "normal"] += 1
+
     def per_image(self) -> PerImage | None:
         return self.rows.table()
+
+    def record_fields(self) -> dict[str, Any]:
+        """With protected learning: ``decisions`` = the policy and the withheld images, normal and anomalous."""
+        if self.tracker is None:
+            return {}
+        return {"decisions": {"policy": self.tracker.policy.label(), "withheld": sum(self.withheld.values()),
+                              "withheld_normal": self.withheld["normal"],
+                              "withheld_anomalous": self.withheld["anomalous"]}}

@@ -30,6 +30,12 @@ Unknown keys and out-of-range values raise :class:`~oadbench.errors.ConfigError`
 ``evaluation.unscored`` prequential only: the first n stream images are observed and never scored (Online-InReaCh's
                         code leaves its first 2 x min_channel_length + 1 images unscored); 0, the default, is
                         not written into a run's identity.
+``decisions.protect``   prequential only: true withholds from ``observe`` every stream image that the label-free
+                        threshold policy ``decisions.policy`` rejects (:mod:`oadbench.decisions`; its own score
+                        against the threshold set by the scores before it -- the method still sees no label).
+                        Needs ``evaluation.order: score_then_observe``. The ``decisions`` section is part of a
+                        run's identity only when ``protect`` is true (the policy then in its canonical label).
+``decisions.policy``    ``NAME[:key=value,...]``, default :data:`oadbench.decisions.DEFAULT_POLICY`.
 ``metrics``             metric names, a subset of :data:`METRICS`.
 ``seeds``               the seeds a full benchmark of this protocol runs (sweeps and leaderboards use them).
 ``drift``               a list of drift components (:mod:`oadbench.drift`): how the normal appearance changes along
@@ -46,6 +52,7 @@ from typing import Any
 
 import yaml
 
+from oadbench.decisions import DEFAULT_POLICY, parse_policy
 from oadbench.drift import Drift, parse_drift
 from oadbench.errors import ConfigError
 from oadbench.metrics import IMAGE_METRICS, PIXEL_METRICS
@@ -87,6 +94,12 @@ class EvaluationSpec:
 
 
 @dataclass(frozen=True)
+class DecisionsSpec:
+    protect: bool = False
+    policy: str = DEFAULT_POLICY  # canonical label (Policy.label())
+
+
+@dataclass(frozen=True)
 class ProtocolSpec:
     name: str
     description: str = ""
@@ -95,6 +108,7 @@ class ProtocolSpec:
     warmup: WarmupSpec = WarmupSpec()
     categories: tuple[str, ...] | None = None
     evaluation: EvaluationSpec = EvaluationSpec()
+    decisions: DecisionsSpec = DecisionsSpec()
     metrics: tuple[str, ...] = METRICS
     seeds: tuple[int, ...] = (0, 1, 2)
     drift: Drift = Drift()
@@ -120,6 +134,8 @@ class ProtocolSpec:
             out["evaluation"].pop("order")
         if not self.evaluation.unscored:
             out["evaluation"].pop("unscored")
+        if not self.decisions.protect:  # unprotected runs keep the identities they had before the key existed
+            out.pop("decisions")
         out["metrics"] = list(self.metrics)
         out["seeds"] = list(self.seeds)
         out["categories"] = list(self.categories) if self.categories is not None else None
@@ -162,9 +178,11 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
     stream_d = _section(top, "stream", source)
     warm_d = _section(top, "warmup", source)
     eval_d = _section(top, "evaluation", source)
+    dec_d = _section(top, "decisions", source)
     _check_keys(stream_d, StreamSpec, source, "stream.")
     _check_keys(warm_d, WarmupSpec, source, "warmup.")
     _check_keys(eval_d, EvaluationSpec, source, "evaluation.")
+    _check_keys(dec_d, DecisionsSpec, source, "decisions.")
 
     d = StreamSpec()
     stream = StreamSpec(
@@ -216,6 +234,8 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
         raise ConfigError(f"{source}: evaluation.unscored",
                           f"leaves stream images unscored in prequential evaluation only, not in {evaluation.mode}")
 
+    decisions = _decisions(dec_d, evaluation, source)
+
     metrics = top.get("metrics", METRICS)
     if isinstance(metrics, str) or not isinstance(metrics, Sequence) or not metrics:
         raise ConfigError(f"{source}: metrics", "must be a non-empty list of metric names", allowed=METRICS)
@@ -251,10 +271,30 @@ def _parse(data: Mapping[str, Any], source: str) -> ProtocolSpec:
         warmup=warmup,
         categories=categories,
         evaluation=evaluation,
+        decisions=decisions,
         metrics=tuple(dict.fromkeys(metrics)),
         seeds=seeds,
         drift=drift,
     )
+
+
+def _decisions(d: Mapping[str, Any], evaluation: EvaluationSpec, source: str) -> DecisionsSpec:
+    protect = _bool(d.get("protect", False), source, "decisions.protect")
+    policy = d.get("policy", DEFAULT_POLICY)
+    if not isinstance(policy, str):
+        raise ConfigError(f"{source}: decisions.policy", f"must be NAME[:key=value,...], got {policy!r}")
+    try:
+        label = parse_policy(policy).label()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc.key}", exc.message, allowed=exc.allowed) from exc
+    if protect and evaluation.mode != "prequential":
+        raise ConfigError(f"{source}: decisions.protect",
+                          f"withholds rejected stream images in prequential evaluation only, not in {evaluation.mode}")
+    if protect and evaluation.order != SCORE_THEN_OBSERVE:
+        raise ConfigError(f"{source}: decisions.protect",
+                          f"needs evaluation.order: {SCORE_THEN_OBSERVE} (an image is observed only after its "
+                          f"decision), got {evaluation.order}")
+    return DecisionsSpec(protect=protect, policy=label)
 
 
 def _check_keys(data: Mapping[str, Any], spec_cls: type, source: str, prefix: str) -> Mapping[str, Any]:

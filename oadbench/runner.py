@@ -196,6 +196,7 @@ class Execution:
                               "wandb_dir": self.tracker.run_dir}
         record["maps_file"] = save_maps(p.path, panel)
         record["per_image"] = save_per_image(p.path, self.evaluation.per_image())
+        record.update(self.evaluation.record_fields())
         write_record(p.path, record)
         self._close(failed=False, record=record)
         record["path"] = str(p.path)
