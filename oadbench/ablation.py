@@ -315,7 +315,8 @@ def compile_ablation(records_dir: Path, spec_path: Path, out_dir: Path, baseline
 def _figures(final: Mapping[str, Mapping[str, Cell]], spec: Mapping[str, Any], out: Path, selected: str | None
              ) -> list[Path]:
     """Learning curves of the paper's configuration, the reference and the selected variant."""
-    from oadbench.figures import diagnostics_figure, save_figure
+    from oadbench.figure_files import save_figure
+    from oadbench.figures import diagnostics_figure
 
     shown = [n for n in dict.fromkeys([paper_variant(spec), "reference", selected]) if n in final]
     if not shown:

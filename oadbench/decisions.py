@@ -4,9 +4,8 @@ before it only (issue 32's first part; metrics, the CLI and protected learning b
 A policy sees the scores of stream positions 0 … i-1 — never a label, never the current or a later score — and
 sets the threshold t_i; image i is rejected when its score s_i >= t_i. Policies (``NAME[:key=value,...]``):
 
-``quantile``  t_i = the q-quantile (numpy's linear interpolation) of the last ``window`` scores, or of all
-              before i (``window`` unset). Defaults q = 0.99. Rejects about 1 - q of the parts whatever the defect
-              rate (river's ``QuantileFilter`` when ``window`` is unset).
+``quantile``  t_i = the q-quantile (numpy's linear interpolation) of the history. Default q = 0.99. Rejects
+              about 1 - q of the parts whatever the defect rate (river's ``QuantileFilter`` without a window).
 ``pot``       peaks over threshold (SPOT, Siffer et al., KDD 2017): u = the ``init_q``-quantile of the history,
               a generalized Pareto fitted by maximum likelihood (``scipy.stats.genpareto.fit``, location 0) to the
               N_u excesses over u, t = u + σ/γ · ((α·n / N_u)^(-γ) - 1) (u - σ·ln(α·n / N_u) for γ = 0) at risk
@@ -15,6 +14,10 @@ sets the threshold t_i; image i is rejected when its score s_i >= t_i. Policies 
 ``robust``    t_i = median + k · MAD of the history (MAD scaled to a normal σ, ``scipy.stats.median_abs_deviation``
               with ``scale="normal"``). Default k = 3.
 ``fixed``     t_i = ``value`` for every i.
+
+The history is every score before i, or with ``window`` (quantile, pot, robust; default unset) the last
+``window`` of them: a prequential model's scores fall as it learns, and a threshold over the whole history stays
+set by the young model's scores (SPOT's drift form, DSPOT, answers the same problem with a moving local mean).
 
 Every policy takes ``min_history`` (default 20; >= 1, or >= 0 for ``fixed``): before that many scores there
 is no threshold and ``warmup`` decides: ``pass`` (the default: with nothing seen yet a line keeps running, and a
@@ -37,8 +40,8 @@ POLICIES = ("quantile", "pot", "robust", "fixed")
 WARMUPS = ("pass", "reject")
 KEYS = {  # policy -> its own keys and their defaults
     "quantile": {"q": 0.99, "window": None},
-    "pot": {"init_q": 0.98, "alpha": 0.001, "refit": 1, "min_excesses": 10},
-    "robust": {"k": 3.0},
+    "pot": {"init_q": 0.98, "alpha": 0.001, "refit": 1, "min_excesses": 10, "window": None},
+    "robust": {"k": 3.0, "window": None},
     "fixed": {"value": None},
 }
 COMMON = {"min_history": 20, "warmup": "pass"}
@@ -110,10 +113,10 @@ def _validate(name: str, p: dict[str, Any]) -> None:
 
     check_int(p["min_history"], key("min_history"), lo=0 if name == "fixed" else 1)  # fixed needs no history
     check_choice(p["warmup"], WARMUPS, key("warmup"))
+    if p.get("window") is not None:
+        check_int(p["window"], key("window"), lo=1)
     if name == "quantile":
         number("q", 0.0, 1.0)
-        if p["window"] is not None:
-            check_int(p["window"], key("window"), lo=1)
     elif name == "pot":
         number("init_q", 0.0, 1.0, lo_open=True, hi_open=True)
         number("alpha", 0.0, 1.0, lo_open=True, hi_open=True)
@@ -163,10 +166,9 @@ class Tracker:
         p, i = self.policy.params, self._n
         if i < p["min_history"]:
             return math.nan
-        history = self.history
+        history = self.history if p.get("window") is None else self.history[-p["window"]:]
         if self.policy.name == "quantile":
-            window = history if p["window"] is None else history[-p["window"]:]
-            return float(np.quantile(window, p["q"]))
+            return float(np.quantile(history, p["q"]))
         if self.policy.name == "pot":
             fitted_at, last = self._pot
             if fitted_at != i and (math.isnan(last) or (i - p["min_history"]) % p["refit"] == 0):

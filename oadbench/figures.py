@@ -20,7 +20,9 @@
   quantity, one line per method (mean over the runs at each checkpoint); drawn when records have diagnostics;
 - ``qualitative_<protocol>_<dataset>_<category>``: a few test images (rows) with their ground truth and each
   method's final anomaly map (columns), from the ``.maps.npz`` files the runner writes beside holdout records
-  (lowest seed; each method's maps share one colour scale, min to max over the images shown).
+  (lowest seed; each method's maps share one colour scale, min to max over the images shown);
+- ``rejections_<protocol>_<dataset>_<category>``: cumulative false alarms and misses of the default threshold
+  policy against parts scored (:mod:`oadbench.decision_figures`), where records have per-image stream results.
 
 Records that are not finished are ignored. Figures are only drawn where their data exist (a learning curve needs
 an online protocol with at least two checkpoints, a contamination plot at least two ratios).
@@ -35,34 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.cells import file_contaminations, run_values, table_of
+from oadbench.decision_figures import draw_rejections
 from oadbench.errors import DataError
+from oadbench.figure_files import method_label, save_figure
 from oadbench.headline import build_headline, has_per_image, headline_ranks
 from oadbench.record_sets import folders_of, load_records
 from oadbench.significance import ALPHA
 
 METRIC = "image_auroc"
-
-
-def method_label(record: Mapping[str, Any]) -> str:
-    """The method's name, with the device type for runs off the CPU (``padim (cuda)``): the figures, like the
-    leaderboards, never mix CPU and GPU runs in one line or bar."""
-    name = str(record["config"]["method"]["name"])
-    device = str(record["config"].get("device", "cpu")).split(":")[0]
-    return name if device == "cpu" else f"{name} ({device})"
-
-
-def save_figure(fig: Any, out: Path, name: str) -> list[Path]:
-    """Write ``fig`` as ``<out>/<name>.pdf`` and ``.png`` (150 dpi, no creation date: reproducible bytes) and
-    close it; returns the two paths."""
-    paths = []
-    for ext in ("pdf", "png"):
-        path = out / f"{name}.{ext}"
-        fig.savefig(path, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None)
-        paths.append(path)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return paths
 
 
 def critical_difference_figure(ranks: Any, out: Path, name: str, title: str) -> list[Path]:
@@ -249,6 +231,7 @@ def draw_figures(records_dirs: Path | Sequence[Path], out_dir: Path, headline_di
                                     f"{protocol} / {dataset}")
 
     written += _qualitative(pairs, out, palette, file_ratios)
+    written += draw_rejections(pairs, out, palette, file_ratios)
 
     # contamination sweep
     by_dataset: dict[str, list[Mapping[str, Any]]] = defaultdict(list)

@@ -23,6 +23,10 @@ Statistics from the records' per-image results (:mod:`oadbench.table_stats`): ``
 bootstrap interval of image AUROC and AUPIMO (``<m>_ci_low`` / ``_ci_high``) and, on category rows, the top group
 (``<m>_top``, ``<m>_p_best``); empty for a row any of whose runs has no per-image results.
 
+Prequential tables: the default label-free threshold policy's false-alarm and miss rates over each run's stream
+(``false_alarm_rate_mean`` / ``_std``, ``miss_rate_mean`` / ``_std``: :func:`oadbench.decision_report.
+leaderboard_values`, the numbers ``oadbench decisions`` gives), empty for a run without per-image stream results.
+
 Drift protocols (records with ``final_initial``) get three more column groups: every metric in the initial drift
 state (``<metric>_initial_mean`` / ``_std``) and ``drop_<metric>``: the same run without drift (the record whose
 identity differs only in the protocol's name, description and drift: ``online_cold_start`` for ``online_drift``,
@@ -63,23 +67,27 @@ from oadbench.cells import (
     run_values,
     undrifted_key,
 )
+from oadbench.decision_report import LEADERBOARD, leaderboard_values
+from oadbench.decisions import DEFAULT_POLICY
 from oadbench.errors import DataError
 from oadbench.figures import draw_headline_cd
 from oadbench.headline import build_headline, headline_csv, headline_markdown, ranks_csv
 from oadbench.per_image import PerImage, read_per_image
 from oadbench.record_sets import folders_of, load_records, skipped_lines
 from oadbench.results import FINISHED
-from oadbench.stats import MEAN_ROW, fmt, fmt0, fmt1, fmt3, fmt_pm, mean_over, seed_stats
+from oadbench.stats import MEAN_ROW, fmt, fmt0, fmt1, fmt3, fmt_pct, fmt_pm, mean_over, seed_stats
 from oadbench.table_stats import aupimo_value, complete, interval_columns, marked, marker_columns, stat_columns
 
 HEADLINE_RECORDS = Path("headline", "records")  # the headline table's records, inside a leaderboards folder
 
 
-def columns(drift: bool = False, gpu: bool = False) -> list[str]:
+def columns(drift: bool = False, gpu: bool = False, decisions: bool = False) -> list[str]:
     cols = ["method", "backbone", *(["device"] if gpu else []), "category", "n_runs", "seeds"]
     for m in METRICS:
         cols += [f"{m}_mean", f"{m}_std"]
     cols += ["aupimo_mean", "aupimo_std", *stat_columns()]
+    if decisions:
+        cols += [f"{k}_{s}" for k in LEADERBOARD for s in ("mean", "std")]
     if drift:
         for m in METRICS:
             cols += [f"{m}_initial_mean", f"{m}_initial_std"]
@@ -110,6 +118,8 @@ def _cell_row(method: str, backbone: str, device: str, category: str, runs: Mapp
         if any(f"{m}_initial" in runs[s] for s in seeds):
             row.update(seed_stats(runs, [f"{m}_initial"], [f"drop_{m}"]))
     row.update(seed_stats(runs, ["aupimo"]))
+    if any(LEADERBOARD[0] in runs[s] for s in seeds):
+        row.update(seed_stats(runs, LEADERBOARD))
     row.update(interval_columns(complete(per_image)))
     row.update(seed_stats(runs, (), [f"{s}_{m}" for s in SUMMARIES for m in METRICS] + list(COSTS) + list(GPU_COSTS)))
     row["image_size"] = " ".join(sorted({str(x["image_size"]) for x in meta}, key=int))
@@ -133,6 +143,8 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         values = run_values(record)
         table_pi = read_per_image(placed.path, record)
         values["aupimo"] = aupimo_value(table_pi)
+        if (record["config"]["protocol"].get("evaluation") or {}).get("mode") == "prequential":
+            values.update(leaderboard_values(placed.path, record))
         per_image[table][cell][seed] = table_pi
         if record.get("final_initial") is not None:
             base = undrifted.get(undrifted_key(record)) or {}
@@ -163,6 +175,9 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
             for seed in sorted({s for c in cell_keys for s in cells[table][c]}):
                 present = [cells[table][c][seed] for c in cell_keys if seed in cells[table][c]]
                 per_seed[seed] = mean_over(present, present[0])
+                for k in LEADERBOARD:  # a category without stream results leaves the mean undefined
+                    if k in per_seed[seed] and any(p.get(k) is None for p in present):
+                        per_seed[seed][k] = None
                 per_seed[seed]["_n"] = len(present)
             rows.append(_cell_row(method, backbone, device, MEAN_ROW, per_seed,
                                   [m for c in cell_keys for m in meta[table][c]],
@@ -176,6 +191,11 @@ def is_drift_table(rows: Sequence[Mapping[str, Any]]) -> bool:
     return any(f"{METRICS[0]}_initial_mean" in r for r in rows)
 
 
+def is_decision_table(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a table is prequential: it has the default policy's decision columns."""
+    return any(f"{LEADERBOARD[0]}_mean" in r for r in rows)
+
+
 def is_gpu_table(rows: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a table has rows of records run on a device other than the CPU."""
     return any(r.get("device", CPU) != CPU for r in rows)
@@ -184,7 +204,7 @@ def is_gpu_table(rows: Sequence[Mapping[str, Any]]) -> bool:
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    cols = columns(drift=is_drift_table(rows), gpu=is_gpu_table(rows))
+    cols = columns(drift=is_drift_table(rows), gpu=is_gpu_table(rows), decisions=is_decision_table(rows))
     writer.writerow(cols)
     for row in rows:
         writer.writerow([fmt(row.get(c)) for c in cols])
@@ -207,28 +227,35 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
     for (protocol, dataset), rows in tables.items():
         sizes = " / ".join(sorted({x for r in rows for x in str(r["image_size"]).split()}, key=int))
         seeds = " ".join(sorted({x for r in rows for x in str(r["seeds"]).split()}, key=int))
-        drift, gpu = is_drift_table(rows), is_gpu_table(rows)
+        drift, gpu, dec = is_drift_table(rows), is_gpu_table(rows), is_decision_table(rows)
         aupimo = any(r.get("aupimo_mean") is not None for r in rows)
         lines += [f"## {protocol} / {dataset}", "",
                   f"Input {sizes} px, seeds {seeds}; CSV: `{protocol}/{dataset}.csv`."
                   + (" Image AUROC in the drifted (current) state, in the initial state, and its drop against the "
                      "same run without drift." if drift else "")
-                  + (" GPU MiB: the method's own peak / the run's peak (GPU rows)." if gpu else ""), "",
+                  + (" GPU MiB: the method's own peak / the run's peak (GPU rows)." if gpu else "")
+                  + (f" False alarms / misses: the `{DEFAULT_POLICY}` threshold policy's rates over the stream, in %"
+                     " (runs with per-image results)." if dec else ""), "",
                   "| method | backbone | " + ("device | " if gpu else "") + "category | image AUROC | "
                   + ("initial image AUROC | drop vs no drift | " if drift else "")
-                  + "pixel AUROC | AUPRO | " + ("AUPIMO | " if aupimo else "") + "AULC img | observe ms | "
+                  + "pixel AUROC | AUPRO | " + ("AUPIMO | " if aupimo else "")
+                  + ("false alarms / misses % | " if dec else "") + "AULC img | observe ms | "
                   + "score ms | train s | " + ("GPU MiB | " if gpu else "") + "runs |",
                   "|---|---|" + ("---|" if gpu else "") + "---|---|" + ("---|---|" if drift else "")
-                  + "---|---|" + ("---|" if aupimo else "") + "---|---|---|---|" + ("---|" if gpu else "") + "---|"]
+                  + "---|---|" + ("---|" if aupimo else "") + ("---|" if dec else "") + "---|---|---|---|"
+                  + ("---|" if gpu else "") + "---|"]
         for r in rows:
             cat = f"**{r['category']}**" if r["category"] == MEAN_ROW else r["category"]
             extra = f"{pm(r, 'image_auroc_initial')} | {fmt3(r.get('drop_image_auroc'))} | " if drift else ""
             device = f"{r['device']} | " if gpu else ""
             memory = f"{fmt0(r.get('cuda_method_peak_mb'))} / {fmt0(r.get('cuda_peak_mb'))} | " if gpu else ""
             aup = f"{marked(pm(r, 'aupimo'), r, 'aupimo')} | " if aupimo else ""
+            far, miss = fmt_pct(r.get("false_alarm_rate_mean")), fmt_pct(r.get("miss_rate_mean"))
+            decided = f"{far} / {miss} | " if dec else ""
             lines.append(f"| {r['method']} | {r['backbone']} | {device}{cat} | "
                          f"{marked(pm(r, 'image_auroc'), r, 'image_auroc')} | {extra}"
-                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {aup}{fmt3(r.get('aulc_image_auroc'))} | "
+                         f"{pm(r, 'pixel_auroc')} | {pm(r, 'aupro')} | {aup}{decided}"
+                         f"{fmt3(r.get('aulc_image_auroc'))} | "
                          f"{fmt1(r.get('observe_ms'))} | {fmt1(r.get('score_ms'))} | {fmt1(r.get('train_s'))} | "
                          f"{memory}{r['n_runs']} |")
         lines.append("")

@@ -69,6 +69,11 @@ def fmt3(v: float | None) -> str:
     return "–" if v is None else f"{v:.3f}"
 
 
+def fmt_pct(v: float | None) -> str:
+    """A Markdown rate (a fraction) in %, 1 decimal, "–" for None."""
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
 def fmt1(v: float | None) -> str:
     """A Markdown cost (ms, s): 1 decimal, "–" for None."""
     return "–" if v is None else f"{v:.1f}"

@@ -64,3 +64,28 @@ def test_a_policy_replayed_on_a_committed_prequential_record(tmp_path):
     holdout = next((records / "online_cold_start").rglob("*.json"))
     with pytest.raises(DataError, match="no per-image stream results"):
         replay(holdout, json.loads(holdout.read_text()), policy)
+
+
+def test_oadbench_decisions_on_committed_records_matches_the_leaderboard_columns(tmp_path, capsys):
+    """``oadbench decisions`` with the default policy on the committed InReaCh prequential records (with stream
+    results): per-run rates whose seed means are the committed leaderboard table's false-alarm and miss columns;
+    a holdout record beside them is passed over and said."""
+    import csv
+    from pathlib import Path
+
+    from oadbench.cli import main
+    from oadbench.decisions import DEFAULT_POLICY
+
+    root = Path(__file__).resolve().parents[1] / "leaderboards" / "inreach"
+    records = root / "records" / "online_prequential" / "mvtec" / "inreach"
+    holdout = Path(__file__).parent / "records" / "online_cold_start"
+    out = tmp_path / "d.csv"
+    assert main(["decisions", str(records), str(holdout), "--policy", DEFAULT_POLICY, "--out", str(out)]) == 0
+    assert "1 finished record(s) without per-image stream results passed over" in capsys.readouterr().out
+    rows = [r for r in csv.DictReader(out.open()) if r["protocol"] == "online_prequential"
+            and r["category"] == "transistor"]
+    assert sorted(int(r["seed"]) for r in rows) == [0, 1, 2]
+    table = next(r for r in csv.DictReader((root / "tables" / "online_prequential" / "mvtec.csv").open())
+                 if r["method"] == "inreach" and r["category"] == "transistor")
+    for key in ("false_alarm_rate", "miss_rate"):
+        assert float(table[f"{key}_mean"]) == pytest.approx(np.mean([float(r[key]) for r in rows]), abs=5e-5)

@@ -13,7 +13,8 @@ from oadbench.errors import ConfigError
 
 RNG = np.random.default_rng(0)
 SCORES = np.concatenate([RNG.gamma(2.0, 1.0, 300), RNG.gamma(2.0, 1.0, 40) + 4.0])[RNG.permutation(340)]
-POLICIES = ["quantile", "quantile:q=0.9,window=50", "pot:refit=7", "robust:k=2.5", "fixed:value=4"]
+POLICIES = ["quantile", "quantile:q=0.9,window=50", "pot:refit=7", "pot:window=150,refit=3", "robust:k=2.5",
+            "robust:window=30", "fixed:value=4"]
 
 
 @pytest.mark.parametrize("text", POLICIES)
@@ -58,6 +59,10 @@ def test_robust_is_median_plus_k_normal_scaled_mad_and_fixed_is_its_value():
     history = SCORES[:100]
     mad = 1.482602218505602 * np.median(np.abs(history - np.median(history)))  # 1 / Φ⁻¹(3/4)
     assert t[100] == pytest.approx(np.median(history) + 2 * mad, rel=1e-12)
+    windowed = thresholds(SCORES, parse_policy("robust:k=2,window=30"))
+    assert windowed[100] == thresholds(SCORES[70:101], parse_policy("robust:k=2,min_history=30"))[30]
+    pot = thresholds(SCORES, parse_policy("pot:window=150"))
+    assert pot[300] == pot_threshold(SCORES[150:300], 0.98, 0.001)
     rejected, t = decide(SCORES, parse_policy("fixed:value=4.5,min_history=0"))
     assert (t == 4.5).all() and (rejected == (SCORES >= 4.5)).all()
 
@@ -67,6 +72,7 @@ def test_robust_is_median_plus_k_normal_scaled_mad_and_fixed_is_its_value():
     ("quantile:q=1.5", r"decisions\.quantile\.q"), ("quantile:window=0", r"decisions\.quantile\.window"),
     ("pot:alpha=0", r"decisions\.pot\.alpha"), ("pot:refit=0.5", r"decisions\.pot\.refit"),
     ("robust:k=-1", r"decisions\.robust\.k"), ("fixed", r"decisions\.fixed\.value"),
+    ("robust:window=0", r"decisions\.robust\.window"), ("fixed:value=1,window=5", r"decisions\.fixed\.window"),
     ("quantile:warmup=hold", r"decisions\.quantile\.warmup"), ("quantile:min_history=0", r"min_history"),
     ("quantile:q", r"expected key=value")])
 def test_bad_policies_name_their_key(text, key):

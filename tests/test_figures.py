@@ -93,3 +93,20 @@ def test_figures_keep_gpu_runs_apart_from_cpu_runs():
     assert method_label({"config": {"method": {"name": "padim"}, "device": "cuda:1"}}) == "padim (cuda)"
     assert method_label({"config": {"method": {"name": "padim"}, "device": "cpu"}}) == "padim"
     assert method_label({"config": {"method": {"name": "padim"}}}) == "padim"  # records before devices existed
+
+
+def test_figs_draws_rejections_over_the_stream_for_records_with_stream_results(tmp_path):
+    """The committed prequential test record (with its per-image stream results) gets the line engineer's
+    rejections figure; the holdout one beside it does not."""
+    import shutil
+    from pathlib import Path
+
+    records = Path(__file__).parent / "records"
+    root = tmp_path / "records"
+    for kind in ("online_prequential", "online_cold_start"):
+        shutil.copytree(records / kind, root / kind)
+    out = tmp_path / "figs"
+    assert main(["figs", str(root), "--out", str(out)]) == 0
+    drawn = sorted(p.name for p in out.glob("rejections_*"))
+    assert drawn == ["rejections_online_prequential_synthetic_capsule.pdf",
+                     "rejections_online_prequential_synthetic_capsule.png"]

@@ -6,9 +6,9 @@
 # Lines run in the order below, LANES (default 2) processes sharing each sweep through run claims (finished runs
 # are skipped, so it resumes); FIRST/LAST (default all) pick lines by their 0-based index. Same reductions as
 # leaderboards/run_grid.sh: 128 px, one torch thread per lane, W&B disabled. Every record keeps its per-image
-# stream results, which `oadbench decisions` replays policies on. MVTec AD transistor's online_prequential records
-# (five methods, seeds 0-2) and screw's, MTD's InReaCh and the synthetic InReaCh seed-0 records are read from
-# leaderboards/inreach/records (same configurations); this adds the rest.
+# stream results, which `oadbench decisions` replays policies on. MVTec AD transistor's InReaCh online_prequential
+# records (seeds 0-2), screw's (five methods, seed 0), MTD's InReaCh and the synthetic InReaCh seed-0 records are
+# read from leaderboards/inreach/records (same configurations); this adds the rest.
 #
 # Policy selection rule (fixed before any record below was replayed): every policy of POLICIES in
 # leaderboards/decisions/select.py is replayed on every online_prequential record; the default is the policy with
@@ -41,6 +41,7 @@ LINES=(
   "MTD 0,1,2 $FOUR $PREQ"
   "SCR 1,2 $ALL $PREQ"
   "MTD 1,2 inreach $PREQ $SMALL"
+  "MVT 0,1,2 $FOUR $PREQ"
 )
 FIRST=${2:-0}
 LAST=${3:-$(( ${#LINES[@]} - 1 ))}

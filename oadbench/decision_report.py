@@ -1,0 +1,127 @@
+"""Threshold policies replayed on folders of finished prequential records (``oadbench decisions``), and the default
+policy's columns of the leaderboards' prequential tables.
+
+One row per (record, policy): the record's table (:func:`oadbench.cells.table_of`), method, category and seed, the
+images scored and how many were defective, the policy's decision metrics over the whole stream and the label-using
+references (:mod:`oadbench.stream_decisions`), and for a protected run (``decisions.protect``) how many images the
+runner withheld. Records without per-image stream results (holdout runs, prequential records written before the
+sidecar existed) are counted and passed over. The summary averages each (table, dataset, category, method, policy)
+over its seeds. Rates are fractions (0-1); ``rejections_per_1000`` is per 1,000 scored parts.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oadbench.cells import file_contaminations, table_of
+from oadbench.decisions import DEFAULT_POLICY, Policy, parse_policy
+from oadbench.metrics.decision import DECISION_METRICS, REFERENCES
+from oadbench.per_image import PREQUENTIAL
+from oadbench.results import FINISHED
+from oadbench.stats import mean
+from oadbench.stream_decisions import replay
+
+KEYS = ("protocol", "dataset", "category", "method", "seed", "policy")
+COLUMNS = (*KEYS, "scored", "anomalous", *DECISION_METRICS, *REFERENCES, "withheld", "record")
+SUMMARY = ("false_alarm_rate", "miss_rate", "f1", "rejections_per_1000", "hindsight_f1")
+LEADERBOARD = ("false_alarm_rate", "miss_rate")  # the default policy's columns in the prequential tables
+
+
+@dataclass
+class Report:
+    """``rows``: one per (record, policy), in record then policy order; ``passed_over``: finished records without
+    per-image stream results."""
+
+    rows: list[dict[str, Any]]
+    passed_over: int
+
+
+def has_stream_results(record: Mapping[str, Any]) -> bool:
+    return (record.get("per_image") or {}).get("kind") == PREQUENTIAL
+
+
+def evaluate(records: Iterable[tuple[Path, Mapping[str, Any]]], policies: Sequence[Policy]) -> Report:
+    """Every policy on every finished record with stream results."""
+    ratios = file_contaminations()
+    rows, passed = [], 0
+    for path, record in records:
+        if record.get("status") != FINISHED:
+            continue
+        if not has_stream_results(record):
+            passed += 1
+            continue
+        protocol, dataset = table_of(record, ratios)
+        cfg = record["config"]
+        for policy in policies:
+            result = replay(path, record, policy)
+            rows.append({"protocol": protocol, "dataset": dataset, "category": cfg["dataset"]["category"],
+                         "method": cfg["method"]["name"], "seed": int(cfg["seed"]), "policy": policy.label(),
+                         "scored": int(result.labels.size), "anomalous": int(result.labels.sum()),
+                         **result.final, "withheld": (record.get("decisions") or {}).get("withheld"),
+                         "record": Path(path).as_posix()})
+    return Report(rows, passed)
+
+
+def leaderboard_values(path: Path, record: Mapping[str, Any]) -> dict[str, float | None]:
+    """The default policy's :data:`LEADERBOARD` values of one record (None without stream results): the numbers
+    ``oadbench decisions --policy <default>`` gives it."""
+    if not has_stream_results(record):
+        return dict.fromkeys(LEADERBOARD)
+    final = replay(path, record, parse_policy(DEFAULT_POLICY)).final
+    return {k: _finite(final[k]) for k in LEADERBOARD}
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (protocol, dataset, category, method, policy): the mean of :data:`SUMMARY` over seeds and the
+    seeds."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in KEYS if k != "seed")].append(r)
+    out = []
+    for key, members in sorted(groups.items()):
+        out.append({**dict(zip([k for k in KEYS if k != "seed"], key, strict=True)),
+                    "seeds": " ".join(str(s) for s in sorted(m["seed"] for m in members)),
+                    **{k: mean(_finite(m[k]) for m in members) for k in SUMMARY}})
+    return out
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The per-run rows, :data:`COLUMNS` in order; floats with 6 decimals, NaN and None empty."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow(["" if (v := r.get(c)) is None or (isinstance(v, float) and math.isnan(v))
+                         else f"{v:.6f}" if isinstance(v, float) else v for c in COLUMNS])
+    return buf.getvalue()
+
+
+def to_text(report: Report) -> str:
+    """The summary as an aligned text table (rates in %), and what was passed over."""
+    head = ("protocol", "dataset", "category", "method", "policy", "seeds", "false alarms %", "misses %", "F1",
+            "rej./1000", "hindsight F1")
+    body = []
+    def num(value: float | None, fmt: str, scale: float = 1.0) -> str:
+        return "-" if value is None else format(scale * value, fmt)
+
+    for r in summarise(report.rows):
+        body.append((r["protocol"], r["dataset"], r["category"], r["method"], r["policy"], r["seeds"],
+                     num(r["false_alarm_rate"], ".1f", 100), num(r["miss_rate"], ".1f", 100), num(r["f1"], ".3f"),
+                     num(r["rejections_per_1000"], ".0f"), num(r["hindsight_f1"], ".3f")))
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(str(x).rjust(w) for x, w in zip(row, widths, strict=True)) for row in (head, *body)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if report.passed_over:
+        lines.append(f"({report.passed_over} finished record(s) without per-image stream results passed over)")
+    return "\n".join(lines)
