@@ -9,7 +9,8 @@ import pytest
 from oadbench.errors import ConfigError
 from oadbench.protocol import METRICS, ProtocolSpec, load_protocol, protocol_names
 
-SHIPPED = ["offline", "online_cold_start", "online_contaminated", "online_prequential", "few_shot", "continual"]
+SHIPPED = ["offline", "online_cold_start", "online_contaminated", "online_prequential", "few_shot", "continual",
+           "contaminated_prequential"]
 
 BASE = {
     "name": "p",
