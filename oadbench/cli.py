@@ -326,31 +326,9 @@ def _compare(args: list[str]) -> int:
 
 
 def _decisions(args: list[str]) -> int:
-    from oadbench.decision_report import evaluate, to_csv, to_text
-    from oadbench.decisions import DEFAULT_POLICY, parse_policy
-    from oadbench.record_sets import load_records
+    from oadbench.decision_report import command
 
-    parser = argparse.ArgumentParser(
-        prog="oadbench decisions",
-        description="Pass / reject decisions of label-free threshold policies (each image's score against a "
-                    "threshold set by the scores before it), replayed on finished prequential records without "
-                    "rerunning them; their false-alarm and miss rates, and what the best threshold in hindsight "
-                    "could do.")
-    parser.add_argument("records", nargs="+", type=Path, help="folders of run records (searched recursively)")
-    parser.add_argument("--policy", action="append", default=None,
-                        help=f"NAME[:KEY=VALUE,...], e.g. quantile:q=0.995,window=200 or pot:alpha=0.01; "
-                             f"repeatable (default: {DEFAULT_POLICY})")
-    parser.add_argument("--out", type=Path, default=Path("decisions.csv"),
-                        help="the per-run CSV written (default: decisions.csv)")
-    _skip_option(parser)
-    ns = parser.parse_args(args)
-    policies = [parse_policy(p) for p in ns.policy or [DEFAULT_POLICY]]
-    report = evaluate(load_records(ns.records, ns.skip_unreadable).pairs, policies)
-    print(to_text(report))
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(to_csv(report.rows))
-    print(f"\nwritten: {ns.out}")
-    return 0
+    return command(args)
 
 
 def _ablation(args: list[str]) -> int:

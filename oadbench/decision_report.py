@@ -11,6 +11,7 @@ over its seeds. Rates are fractions (0-1); ``rejections_per_1000`` is per 1,000 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import math
@@ -24,6 +25,7 @@ from oadbench.cells import file_contaminations, table_of
 from oadbench.decisions import DEFAULT_POLICY, Policy, parse_policy
 from oadbench.metrics.decision import DECISION_METRICS, REFERENCES
 from oadbench.per_image import PREQUENTIAL
+from oadbench.record_sets import load_records
 from oadbench.results import FINISHED
 from oadbench.stats import mean
 from oadbench.stream_decisions import replay
@@ -125,3 +127,29 @@ def to_text(report: Report) -> str:
     if report.passed_over:
         lines.append(f"({report.passed_over} finished record(s) without per-image stream results passed over)")
     return "\n".join(lines)
+
+
+def command(args: list[str]) -> int:
+    """``oadbench decisions``: parse ``args``, print the summary, write the per-run CSV."""
+    parser = argparse.ArgumentParser(
+        prog="oadbench decisions",
+        description="Pass / reject decisions of label-free threshold policies (each image's score against a "
+                    "threshold set by the scores before it), replayed on finished prequential records without "
+                    "rerunning them; their false-alarm and miss rates, and what the best threshold in hindsight "
+                    "could do.")
+    parser.add_argument("records", nargs="+", type=Path, help="folders of run records (searched recursively)")
+    parser.add_argument("--policy", action="append", default=None,
+                        help=f"NAME[:KEY=VALUE,...], e.g. quantile:q=0.995,window=200 or pot:alpha=0.01; "
+                             f"repeatable (default: {DEFAULT_POLICY})")
+    parser.add_argument("--out", type=Path, default=Path("decisions.csv"),
+                        help="the per-run CSV written (default: decisions.csv)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="replay without record files that cannot be read, listing them as warnings")
+    ns = parser.parse_args(args)
+    policies = [parse_policy(p) for p in ns.policy or [DEFAULT_POLICY]]
+    report = evaluate(load_records(ns.records, ns.skip_unreadable).pairs, policies)
+    print(to_text(report))
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    ns.out.write_text(to_csv(report.rows))
+    print(f"\nwritten: {ns.out}")
+    return 0
