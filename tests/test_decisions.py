@@ -84,3 +84,9 @@ def test_labels_list_the_non_default_parameters():
     assert parse_policy("quantile").label() == "quantile"
     assert parse_policy("quantile:window=200,q=0.995").label() == "quantile:q=0.995,window=200"
     assert Policy("pot", {"alpha": 0.01}) == parse_policy("pot:alpha=0.01")
+
+
+def test_the_default_policy_is_written_in_its_canonical_form():
+    from oadbench.decisions import DEFAULT_POLICY
+
+    assert parse_policy(DEFAULT_POLICY).label() == DEFAULT_POLICY  # table labels and identities compare the text

@@ -11,7 +11,7 @@
 # read from leaderboards/inreach/records (same configurations); this adds the rest.
 #
 # Policy selection rule (fixed before any record below was replayed): every policy of POLICIES in
-# leaderboards/decisions/select.py is replayed on every online_prequential record; the default is the policy with
+# leaderboards/decisions/measure.py is replayed on every online_prequential record; the default is the policy with
 # the highest mean F1 of its rejections over the selection data -- the synthetic categories (their mean counting
 # once) and MTD, each method counting once -- ties to the earlier policy in the list. MVTec AD transistor and screw
 # are not used to select: their numbers are out-of-sample. Protected learning (lines marked P) then runs with that
@@ -42,6 +42,19 @@ LINES=(
   "SCR 1,2 $ALL $PREQ"
   "MTD 1,2 inreach $PREQ $SMALL"
   "MVT 0,1,2 $FOUR $PREQ"
+  # protected learning with the default policy (decisions.DEFAULT_POLICY), seed 0, beside the same streams unprotected
+  "MVT 0 $ALL $PREQ $PROTECT"
+  "SCR 0 $ALL $PREQ $PROTECT"
+  "MTD 0 $FOUR $PREQ $PROTECT"
+  "MVT 0 $ALL $CONT $C15"
+  "MVT 0 $ALL $CONT $C15 $PROTECT"
+  "SCR 0 $ALL $CONT"
+  "SCR 0 $ALL $CONT $PROTECT"
+  "MTD 0 $FOUR $CONT"
+  "MTD 0 $FOUR $CONT $PROTECT"
+  "MTD 0 inreach $PREQ $SMALL $PROTECT"
+  "MTD 0 inreach $CONT $SMALL"
+  "MTD 0 inreach $CONT $SMALL $PROTECT"
 )
 FIRST=${2:-0}
 LAST=${3:-$(( ${#LINES[@]} - 1 ))}
