@@ -17,6 +17,7 @@ RECORDS = BOARDS / "records"
 HEADLINE = default_headline(BOARDS)  # the headline table's records, compiled when they exist (as the CLI does)
 ABLATION = BOARDS / "lemo_ablation"  # its own tables (`oadbench ablation`), not the leaderboards'
 INREACH = BOARDS / "inreach"  # issue 31's records and tables (with the published grid's), not the leaderboards'
+DECISIONS = BOARDS / "decisions"  # issue 32's records (with per-image stream results) and tables
 METHODS = {"cfa", "lemo", "padim", "patchcore"}
 TABLES = ["offline", "online_cold_start", "online_contaminated", "online_prequential",
           *[f"few_shot_k{k}" for k in (1, 2, 4, 8)], "online_drift", "offline_drift"]
@@ -31,7 +32,7 @@ def test_the_committed_leaderboards_are_what_the_committed_records_compile_to(tm
     generated = {p.relative_to(tmp_path) for p in written}
     diagrams = BOARDS.glob("headline/*critical_difference.*")
     committed = {p.relative_to(BOARDS) for p in [*BOARDS.rglob("*.csv"), *diagrams]
-                 if ABLATION not in p.parents and INREACH not in p.parents} | {Path("README.md")}
+                 if not {ABLATION, INREACH, DECISIONS} & set(p.parents)} | {Path("README.md")}
     assert generated == committed
     for rel in sorted(generated):
         assert (tmp_path / rel).read_bytes() == (BOARDS / rel).read_bytes(), f"{rel} differs from its records"
@@ -44,6 +45,18 @@ def test_the_inreach_tables_are_what_their_records_and_the_grid_compile_to(tmp_p
     assert {p.relative_to(tmp_path) for p in written} == committed
     for rel in sorted(committed):
         assert (tmp_path / rel).read_bytes() == (INREACH / "tables" / rel).read_bytes(), f"{rel} differs"
+
+
+def test_the_decisions_tables_are_what_their_records_compile_to(tmp_path):
+    """leaderboards/decisions/tables: ``oadbench leaderboard leaderboards/decisions/records
+    leaderboards/inreach/records``, the prequential tables with the default policy's false alarms and misses."""
+    written = compile_leaderboards([DECISIONS / "records", INREACH / "records"], tmp_path)
+    committed = {p.relative_to(DECISIONS / "tables") for p in (DECISIONS / "tables").rglob("*") if p.is_file()}
+    assert {p.relative_to(tmp_path) for p in written} == committed
+    for rel in sorted(committed):
+        assert (tmp_path / rel).read_bytes() == (DECISIONS / "tables" / rel).read_bytes(), f"{rel} differs"
+    rows = list(csv.DictReader((DECISIONS / "tables" / "online_prequential" / "mvtec.csv").open()))
+    assert all(r["false_alarm_rate_mean"] and r["miss_rate_mean"] for r in rows)  # every run has stream results
 
 
 def test_every_protocol_and_dataset_has_all_four_methods_over_three_seeds():
