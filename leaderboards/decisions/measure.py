@@ -152,7 +152,7 @@ def protection_rows() -> list[dict]:
                     "withheld_anomalous_share": d["withheld_anomalous"] / r["data"]["stream_anomalous"]
                     if r["data"]["stream_anomalous"] else None,
                     "withheld_normal": d["withheld_normal"], "withheld_anomalous": d["withheld_anomalous"]})
-    return out
+    return sorted(out, key=lambda r: (r["protocol"], r["dataset"], r["method"], r["seed"]))
 
 
 def pct(x: float | None) -> str:
