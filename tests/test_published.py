@@ -49,8 +49,9 @@ def test_the_inreach_tables_are_what_their_records_and_the_grid_compile_to(tmp_p
 
 def test_the_decisions_tables_are_what_their_records_compile_to(tmp_path):
     """leaderboards/decisions/tables: ``oadbench leaderboard leaderboards/decisions/records
-    leaderboards/inreach/records``, the prequential tables with the default policy's false alarms and misses."""
-    written = compile_leaderboards([DECISIONS / "records", INREACH / "records"], tmp_path)
+    leaderboards/inreach/records/online_prequential``, the prequential tables with the default policy's false alarms
+    and misses."""
+    written = compile_leaderboards([DECISIONS / "records", INREACH / "records" / "online_prequential"], tmp_path)
     committed = {p.relative_to(DECISIONS / "tables") for p in (DECISIONS / "tables").rglob("*") if p.is_file()}
     assert {p.relative_to(tmp_path) for p in written} == committed
     for rel in sorted(committed):
