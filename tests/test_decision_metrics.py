@@ -89,3 +89,27 @@ def test_oadbench_decisions_on_committed_records_matches_the_leaderboard_columns
                  if r["method"] == "inreach" and r["category"] == "transistor")
     for key in ("false_alarm_rate", "miss_rate"):
         assert float(table[f"{key}_mean"]) == pytest.approx(np.mean([float(r[key]) for r in rows]), abs=5e-5)
+
+
+def test_labels_never_change_a_threshold_or_a_decision(monkeypatch):
+    """The committed prequential record replayed with its labels shuffled: identical thresholds and decisions
+    (only the metrics, which read the labels, change)."""
+    import json
+    from pathlib import Path
+
+    from oadbench import stream_decisions
+    from oadbench.decisions import parse_policy
+    from oadbench.per_image import PerImage, read_per_image
+
+    path = next((Path(__file__).parent / "records" / "online_prequential").rglob("*.json"))
+    record = json.loads(path.read_text())
+    policy = parse_policy("robust:k=1,min_history=5")
+    before = stream_decisions.replay(path, record, policy)
+    table = read_per_image(path, record)
+    shuffled = PerImage(table.kind, {**table.columns,
+                                     "label": np.random.default_rng(0).permutation(table["label"])})
+    monkeypatch.setattr(stream_decisions, "read_per_image", lambda *_: shuffled)
+    after = stream_decisions.replay(path, record, policy)
+    np.testing.assert_array_equal(after.thresholds, before.thresholds)
+    np.testing.assert_array_equal(after.rejected, before.rejected)
+    assert not np.array_equal(after.labels, before.labels)
