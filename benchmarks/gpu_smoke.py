@@ -9,7 +9,7 @@ JSON summary as soon as it ends, so a run cut short still leaves what it measure
    LeMO step), each repeated on identical inputs with deterministic algorithms off and then on (the runner's
    numeric mode): bit-identical or not, or the error an operation without a deterministic kernel raises.
 3. ``methods_protocols``: every method under every shipped protocol on the small synthetic set at 64 px (the
-   tests' size): finished, finite metrics, GPU memory.
+   tests' size), ``contaminated_prequential`` with protected learning: finished, finite metrics, GPU memory.
 4. ``reruns``: each method twice with the same seed and the feature store off: identical checkpoints.
 5. ``cpu_vs_device``: each method on the CPU and on the device with ``precision=fp32`` and ``tf32``: the largest
    metric difference.
@@ -55,11 +55,15 @@ from oadbench.components import greedy_kcenter, kmeans, project  # noqa: E402
 from oadbench.errors import ConfigError  # noqa: E402
 from oadbench.protocol import protocol_files, read_protocol_file  # noqa: E402
 
-METHODS = ["padim", "patchcore", "cfa", "lemo"]
+METHODS = ["padim", "patchcore", "cfa", "lemo", "inreach"]
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "offline": {}, "online_cold_start": {}, "online_contaminated": {"stream.contamination": 0.1},
     "online_prequential": {}, "few_shot": {"warmup.k": 2}, "continual": {"categories": ["washer", "fabric"]},
     "online_drift": {}, "offline_drift": {},
+    # protected learning (the rejected images' batches cut with Batch.select on the device); a policy that decides
+    # on a stream of 13 images
+    "contaminated_prequential": {"stream.contamination": 0.05, "decisions.protect": True,
+                                 "decisions.policy": "quantile:q=0.5,min_history=2"},
 }
 FAST = {"cfa": {"epochs": 2}, "patchcore": {"budget": 600}, "lemo": {"epochs": 2}}
 SMALL = {"n_train": 12, "n_test_good": 6, "n_test_defect": 2, "resolution": 64}
