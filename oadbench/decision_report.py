@@ -6,7 +6,8 @@ images scored and how many were defective, the policy's decision metrics over th
 references (:mod:`oadbench.stream_decisions`), and for a protected run (``decisions.protect``) how many images the
 runner withheld. Records without per-image stream results (holdout runs, prequential records written before the
 sidecar existed) are counted and passed over. The summary averages each (table, dataset, category, method, policy)
-over its seeds. Rates are fractions (0-1); ``rejections_per_1000`` is per 1,000 scored parts.
+over its seeds; the curves give the decision metrics over the images scored by each of the record's checkpoints.
+Rates are fractions (0-1); ``rejections_per_1000`` is per 1,000 scored parts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import io
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,19 @@ from oadbench.stream_decisions import replay
 KEYS = ("protocol", "dataset", "category", "method", "seed", "policy")
 COLUMNS = (*KEYS, "scored", "anomalous", *DECISION_METRICS, *REFERENCES, "withheld", "record")
 SUMMARY = ("false_alarm_rate", "miss_rate", "f1", "rejections_per_1000", "hindsight_f1")
+CURVE_COLUMNS = (*KEYS, "scored", *DECISION_METRICS, "record")  # the metrics over the stream, per checkpoint
 LEADERBOARD = ("false_alarm_rate", "miss_rate")  # the default policy's columns in the prequential tables
 
 
 @dataclass
 class Report:
-    """``rows``: one per (record, policy), in record then policy order; ``passed_over``: finished records without
+    """``rows``: one per (record, policy), in record then policy order; ``curves``: one per (record, policy,
+    checkpoint), the decision metrics over the images scored by then; ``passed_over``: finished records without
     per-image stream results."""
 
     rows: list[dict[str, Any]]
     passed_over: int
+    curves: list[dict[str, Any]] = field(default_factory=list)
 
 
 def has_stream_results(record: Mapping[str, Any]) -> bool:
@@ -52,7 +56,7 @@ def has_stream_results(record: Mapping[str, Any]) -> bool:
 def evaluate(records: Iterable[tuple[Path, Mapping[str, Any]]], policies: Sequence[Policy]) -> Report:
     """Every policy on every finished record with stream results."""
     ratios = file_contaminations()
-    rows, passed = [], 0
+    rows, curves, passed = [], [], 0
     for path, record in records:
         if record.get("status") != FINISHED:
             continue
@@ -68,7 +72,9 @@ def evaluate(records: Iterable[tuple[Path, Mapping[str, Any]]], policies: Sequen
                          "scored": int(result.labels.size), "anomalous": int(result.labels.sum()),
                          **result.final, "withheld": (record.get("decisions") or {}).get("withheld"),
                          "record": Path(path).as_posix()})
-    return Report(rows, passed)
+            curves += [{**{k: rows[-1][k] for k in KEYS}, "scored": n, **metrics, "record": rows[-1]["record"]}
+                       for n, metrics in result.curve]
+    return Report(rows, passed, curves)
 
 
 def leaderboard_values(path: Path, record: Mapping[str, Any]) -> dict[str, float | None]:
@@ -98,14 +104,14 @@ def summarise(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The per-run rows, :data:`COLUMNS` in order; floats with 6 decimals, NaN and None empty."""
+def to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS) -> str:
+    """Rows (default: the per-run rows, :data:`COLUMNS`) as CSV; floats with 6 decimals, NaN and None empty."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for r in rows:
         writer.writerow(["" if (v := r.get(c)) is None or (isinstance(v, float) and math.isnan(v))
-                         else f"{v:.6f}" if isinstance(v, float) else v for c in COLUMNS])
+                         else f"{v:.6f}" if isinstance(v, float) else v for c in columns])
     return buf.getvalue()
 
 
@@ -142,7 +148,8 @@ def command(args: list[str]) -> int:
                         help=f"NAME[:KEY=VALUE,...], e.g. quantile:q=0.995,window=200 or pot:alpha=0.01; "
                              f"repeatable (default: {DEFAULT_POLICY})")
     parser.add_argument("--out", type=Path, default=Path("decisions.csv"),
-                        help="the per-run CSV written (default: decisions.csv)")
+                        help="the per-run CSV written (default: decisions.csv); beside it <name>_curves.csv, the "
+                             "decision metrics over the images scored by each of the record's checkpoints")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="replay without record files that cannot be read, listing them as warnings")
     ns = parser.parse_args(args)
@@ -151,5 +158,7 @@ def command(args: list[str]) -> int:
     print(to_text(report))
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(to_csv(report.rows))
-    print(f"\nwritten: {ns.out}")
+    curves = ns.out.with_name(f"{ns.out.stem}_curves.csv")
+    curves.write_text(to_csv(report.curves, CURVE_COLUMNS))
+    print(f"\nwritten: {ns.out}, {curves}")
     return 0

@@ -89,6 +89,10 @@ def test_oadbench_decisions_on_committed_records_matches_the_leaderboard_columns
                  if r["method"] == "inreach" and r["category"] == "transistor")
     for key in ("false_alarm_rate", "miss_rate"):
         assert float(table[f"{key}_mean"]) == pytest.approx(np.mean([float(r[key]) for r in rows]), abs=5e-5)
+    curves = [r for r in csv.DictReader((tmp_path / "d_curves.csv").open()) if r["record"] == rows[0]["record"]]
+    assert [int(r["scored"]) for r in curves] == sorted(int(r["scored"]) for r in curves)
+    assert int(curves[-1]["scored"]) == int(rows[0]["scored"])  # the last checkpoint: the whole stream
+    assert curves[-1]["miss_rate"] == rows[0]["miss_rate"]
 
 
 def test_labels_never_change_a_threshold_or_a_decision(monkeypatch):
