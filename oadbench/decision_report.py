@@ -25,11 +25,11 @@ from typing import Any
 from oadbench.cells import file_contaminations, table_of
 from oadbench.decisions import DEFAULT_POLICY, Policy, parse_policy
 from oadbench.metrics.decision import DECISION_METRICS, REFERENCES
-from oadbench.per_image import PREQUENTIAL
+from oadbench.per_image import PREQUENTIAL, PerImage
 from oadbench.record_sets import load_records
 from oadbench.results import FINISHED
 from oadbench.stats import mean
-from oadbench.stream_decisions import replay
+from oadbench.stream_decisions import replay, replay_table
 
 KEYS = ("protocol", "dataset", "category", "method", "seed", "policy")
 COLUMNS = (*KEYS, "scored", "anomalous", *DECISION_METRICS, *REFERENCES, "withheld", "record")
@@ -77,12 +77,13 @@ def evaluate(records: Iterable[tuple[Path, Mapping[str, Any]]], policies: Sequen
     return Report(rows, passed, curves)
 
 
-def leaderboard_values(path: Path, record: Mapping[str, Any]) -> dict[str, float | None]:
-    """The default policy's :data:`LEADERBOARD` values of one record (None without stream results): the numbers
-    ``oadbench decisions --policy <default>`` gives it."""
-    if not has_stream_results(record):
+def leaderboard_values(table: PerImage | None, record: Mapping[str, Any]) -> dict[str, float | None]:
+    """The default policy's :data:`LEADERBOARD` values of one record from its per-image results ``table`` (as
+    read by :func:`oadbench.per_image.read_per_image`; None without stream results): the numbers ``oadbench
+    decisions --policy <default>`` gives it."""
+    if table is None or table.kind != PREQUENTIAL:
         return dict.fromkeys(LEADERBOARD)
-    final = replay(path, record, parse_policy(DEFAULT_POLICY)).final
+    final = replay_table(table, record, parse_policy(DEFAULT_POLICY)).final
     return {k: _finite(final[k]) for k in LEADERBOARD}
 
 

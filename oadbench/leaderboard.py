@@ -144,7 +144,7 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
         table_pi = read_per_image(placed.path, record)
         values["aupimo"] = aupimo_value(table_pi)
         if (record["config"]["protocol"].get("evaluation") or {}).get("mode") == "prequential":
-            values.update(leaderboard_values(placed.path, record))
+            values.update(leaderboard_values(table_pi, record))
         per_image[table][cell][seed] = table_pi
         if record.get("final_initial") is not None:
             base = undrifted.get(undrifted_key(record)) or {}

@@ -28,7 +28,7 @@ import torch
 from oadbench.decisions import Tracker, parse_policy
 from oadbench.evaluation import Evaluation, Panel
 from oadbench.method import Batch
-from oadbench.per_image import PerImage, StreamRows
+from oadbench.per_image import WITHHELD, PerImage, StreamRows
 from oadbench.protocol import OBSERVE_THEN_SCORE
 
 PANEL_BATCHES = 16  # the last stream batches kept for the W&B panels
@@ -42,7 +42,6 @@ class Prequential(Evaluation):
         self.rows = StreamRows()
         protect = self.spec.decisions.protect
         self.tracker = Tracker(parse_policy(self.spec.decisions.policy)) if protect else None
-        self.withheld = {"normal": 0, "anomalous": 0}
 
     def run(self) -> None:
         stops = self.stops()
@@ -83,7 +82,7 @@ class Prequential(Evaluation):
                 tail_images = (tail_images + [images])[-PANEL_BATCHES:]
                 has_masks &= all(s.mask_path is not None for s in samples if s.is_anomalous)
                 if withheld is not None and any(withheld):
-                    self.observe_protected(batch, samples, withheld)
+                    self.observe_protected(batch, withheld)
                 elif not observe_first:
                     self.observe(batch, "observe")
                 if self.observed in stops:
@@ -96,23 +95,22 @@ class Prequential(Evaluation):
             self.panel = Panel(torch.cat(tail_images[-n:]), np.concatenate(labels[-n:]), np.concatenate(masks[-n:]),
                                np.concatenate(scores[-n:]), np.concatenate(maps[-n:]))
 
-    def observe_protected(self, batch: Batch, samples: list[Any], withheld: list[bool]) -> None:
+    def observe_protected(self, batch: Batch, withheld: list[bool]) -> None:
         """Observe the images the policy passed; the rejected ones go by unobserved."""
         keep = [j for j, w in enumerate(withheld) if not w]
         if keep:
             self.observe(batch.select(keep), "observe")
         self.withhold(len(withheld) - len(keep))
-        for s, w in zip(samples, withheld, strict=True):
-            if w:
-                self.withheld["anomalous" if s.is_anomalous else "normal"] += 1
 
     def per_image(self) -> PerImage | None:
         return self.rows.table()
 
     def record_fields(self) -> dict[str, Any]:
-        """With protected learning: ``decisions`` = the policy and the withheld images, normal and anomalous."""
+        """With protected learning: ``decisions`` = the policy and the withheld images, normal and anomalous
+        (counted from the per-image rows)."""
         if self.tracker is None:
             return {}
-        return {"decisions": {"policy": self.tracker.policy.label(), "withheld": sum(self.withheld.values()),
-                              "withheld_normal": self.withheld["normal"],
-                              "withheld_anomalous": self.withheld["anomalous"]}}
+        withheld = np.asarray(self.rows.cols.get(WITHHELD, []), dtype=bool)
+        anomalous = int(np.asarray(self.rows.cols["label"], dtype=int)[withheld].sum()) if withheld.size else 0
+        return {"decisions": {"policy": self.tracker.policy.label(), "withheld": int(withheld.sum()),
+                              "withheld_normal": int(withheld.sum()) - anomalous, "withheld_anomalous": anomalous}}

@@ -18,7 +18,7 @@ import numpy as np
 from oadbench.decisions import Policy, decide
 from oadbench.errors import DataError
 from oadbench.metrics.decision import decision_metrics, hindsight_references
-from oadbench.per_image import read_per_image
+from oadbench.per_image import PerImage, read_per_image
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ def replay(record_path: Path, record: Mapping[str, Any], policy: Policy) -> Stre
     if table is None or table.kind != "prequential":
         raise DataError(f"{record_path}: no per-image stream results (a prequential record with a "
                         f"<record>.images.csv sidecar is needed)")
+    return replay_table(table, record, policy)
+
+
+def replay_table(table: PerImage, record: Mapping[str, Any], policy: Policy) -> StreamDecisions:
+    """:func:`replay` on the record's per-image stream results already read (``table``, prequential)."""
     order = np.argsort(table["position"], kind="stable")
     scores, labels = np.asarray(table["score"], float)[order], np.asarray(table["label"], int)[order]
     rejected, thresholds = decide(scores, policy)
