@@ -59,22 +59,5 @@ LINES=(
 FIRST=${2:-0}
 LAST=${3:-$(( ${#LINES[@]} - 1 ))}
 
-lane() {  # odd lanes take each sweep's seeds and methods in reverse, so two lanes meet in the middle
-  local i=$1 n
-  for (( n=FIRST; n<=LAST; n++ )); do
-    read -r -a words <<< "${LINES[n]}"
-    local data=("${MTD[@]}") seeds=${words[1]} methods=${words[2]}
-    [[ ${words[0]} == SYN ]] && data=("${SYN[@]}")
-    [[ ${words[0]} == MVT ]] && data=("${MVT[@]}")
-    [[ ${words[0]} == SCR ]] && data=("${SCR[@]}")
-    if (( i % 2 )); then
-      seeds=$(tr ',' '\n' <<< "$seeds" | tac | paste -sd,)
-      methods=$(tr ',' '\n' <<< "$methods" | tac | paste -sd,)
-    fi
-    oadbench run -m "${COMMON[@]}" "${data[@]}" "${words[@]:3}" "method=$methods" "seed=$seeds" \
-      "hydra.sweep.dir=${TMPDIR:-/tmp}/oadbench-decisions/lane$i" || echo "lane $i: a sweep reported failures: ${LINES[n]}" >&2
-  done
-}
-
-for (( l=0; l<LANES; l++ )); do lane "$l" > "${TMPDIR:-/tmp}/oadbench-decisions-lane$l.log" 2>&1 & done
-wait
+source leaderboards/lanes.sh
+run_lanes decisions
