@@ -89,7 +89,8 @@ def main() -> int:
         sys.exit("run from the repository root: python leaderboards/decisions/measure.py")
     policies = [parse_policy(p) for p in POLICIES + EXPLORATORY]
     labels = [p.label() for p in policies[:len(POLICIES)]]
-    records = [(p, r) for p, r in load_records(FOLDERS).finished
+    finished = load_records(FOLDERS).finished
+    records = [(p, r) for p, r in finished
                if r["config"]["protocol"]["name"] == "online_prequential"
                and "decisions" not in r["config"]["protocol"]]
     known, rows = cached(), []
@@ -116,7 +117,7 @@ def main() -> int:
     best = max(labels, key=lambda p: (score[p], -labels.index(p)))
     (HERE / "selection.csv").write_text(table(["policy", "selection_f1", "chosen"],
                                               [[p, score[p], "yes" if p == best else ""] for p in labels]))
-    protection = protection_rows()
+    protection = protection_rows(finished)
     (HERE / "protection.csv").write_text(table(list(protection[0]) if protection else ["dataset"],
                                                [list(r.values()) for r in protection]))
     (HERE / "summary.md").write_text(summary(means, datasets, methods, labels, extra, score, best, protection))
@@ -124,9 +125,8 @@ def main() -> int:
     return 0
 
 
-def protection_rows() -> list[dict]:
+def protection_rows(pairs: list[tuple[Path, dict]]) -> list[dict]:
     """Each protected record beside the same run unprotected (its identity without the decisions section)."""
-    pairs = load_records(FOLDERS).finished
     by_key, protected = {}, []
     for path, r in pairs:
         proto = dict(r["identity"]["protocol"])
