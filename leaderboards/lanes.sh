@@ -1,7 +1,8 @@
-# Shared by leaderboards/inreach/run.sh and leaderboards/decisions/run.sh (sourced, not run): their LINES run in
-# LANES processes. Each line is "DATA SEEDS METHODS OVERRIDES...", DATA one of SYN, MTD, MVT, SCR (the arrays of
-# dataset overrides the sourcing script defines), lines FIRST..LAST; odd lanes take each sweep's seeds and methods
-# in reverse, so two lanes meet in the middle (run claims keep them from running one run twice).
+# Shared by leaderboards/run_grid.sh, leaderboards/inreach/run.sh and leaderboards/decisions/run.sh (sourced, not
+# run): their LINES run in LANES processes. Each line is "DATA SEEDS METHODS OVERRIDES...", DATA one of SYN, MTD,
+# MVT, SCR (the arrays of dataset overrides the sourcing script defines), lines FIRST..LAST; odd lanes take each
+# sweep's seeds and methods in reverse, so two lanes meet in the middle (run claims keep them from running one run
+# twice). ONLY (optional, comma-separated method names) restricts every line to those methods.
 
 lane() {  # lane index, sweep name
   local i=$1 name=$2 n
@@ -11,6 +12,10 @@ lane() {  # lane index, sweep name
     [[ ${words[0]} == SYN ]] && data=("${SYN[@]}")
     [[ ${words[0]} == MVT ]] && data=("${MVT[@]}")
     [[ ${words[0]} == SCR ]] && data=("${SCR[@]}")
+    if [[ -n ${ONLY:-} ]]; then
+      methods=$(tr ',' '\n' <<< "$methods" | grep -Fxf <(tr ',' '\n' <<< "$ONLY") | paste -sd,) || true
+      [[ -n $methods ]] || continue
+    fi
     if (( i % 2 )); then
       seeds=$(tr ',' '\n' <<< "$seeds" | tac | paste -sd,)
       methods=$(tr ',' '\n' <<< "$methods" | tac | paste -sd,)
