@@ -24,7 +24,7 @@ commands:
   leaderboard [RECORDS_DIR ...] [--out DIR] [--headline DIR ...] [--skip-unreadable]
                                 compile run records into leaderboards/<protocol>/<dataset>.csv and README.md
                                 (default: the committed leaderboards/records into leaderboards/, and
-                                leaderboards/headline/records as the README's first table); several folders
+                                leaderboards/headline/records as the README's first tables); several folders
                                 (yours and the published ones) compile into one set of tables
   figs [RECORDS_DIR ...] [--out DIR] [--headline DIR ...] [--skip-unreadable]
                                 paper figures (PDF and PNG) from run records (default: into paper_figs/)
@@ -248,11 +248,11 @@ def _leaderboard(args: list[str]) -> int:
     parser.add_argument("records", nargs="*", type=Path,
                         help="folders of run records (searched recursively; several compile into one set of tables; "
                              "default: the committed leaderboards/records, with leaderboards/headline/records as "
-                             "the headline table)")
+                             "the headline tables)")
     parser.add_argument("--out", type=Path, default=folder, help="where the CSVs and README.md go")
     parser.add_argument("--headline", type=Path, action="append", default=None,
-                        help="records of the headline table (one protocol, one input size), the README's first; "
-                             "repeat to add folders")
+                        help="records of the headline tables (one per protocol; synthetic data sets apart), the "
+                             "README's first; repeat to add folders")
     _skip_option(parser)
     ns = parser.parse_args(args)
     headline = ns.headline

@@ -40,7 +40,7 @@ from oadbench.cells import file_contaminations, run_values, table_of
 from oadbench.decision_figures import draw_rejections
 from oadbench.errors import DataError
 from oadbench.figure_files import method_label, save_figure
-from oadbench.headline import build_headline, has_per_image, headline_ranks
+from oadbench.headline import build_headlines, has_per_image, headline_heading, headline_ranks
 from oadbench.record_sets import folders_of, load_records
 from oadbench.significance import ALPHA
 
@@ -69,9 +69,10 @@ def critical_difference_figure(ranks: Any, out: Path, name: str, title: str) -> 
         return save_figure(fig, out, name)
 
 
-def draw_headline_cd(rows: Sequence[Mapping[str, Any]], out: Path, name: str = "critical_difference") -> list[Path]:
-    """The headline's critical-difference diagram (:func:`critical_difference_figure`) as
-    ``<out>/<name>.pdf`` and ``.png``; nothing with fewer than three methods or two data sets."""
+def draw_headline_cd(rows: Sequence[Mapping[str, Any]], out: Path, name: str = "critical_difference",
+                     heading: str = "Headline") -> list[Path]:
+    """A headline table's critical-difference diagram (:func:`critical_difference_figure`) as
+    ``<out>/<name>.pdf`` and ``.png``, titled ``heading``; nothing with fewer than three rows or two data sets."""
     ranks = headline_ranks(rows)
     if ranks.nemenyi is None:
         return []
@@ -79,7 +80,7 @@ def draw_headline_cd(rows: Sequence[Mapping[str, Any]], out: Path, name: str = "
              "from final values across data sets and seeds: the records have no per-image results")
     out.mkdir(parents=True, exist_ok=True)
     p = "–" if ranks.friedman_p is None else f"{ranks.friedman_p:.3g}"
-    return critical_difference_figure(ranks, out, name, f"Headline: average rank of seed-mean final image AUROC "
+    return critical_difference_figure(ranks, out, name, f"{heading}: average rank of seed-mean final image AUROC "
                                       f"on {ranks.blocks} data sets\n(Friedman p = {p}; bars: Nemenyi p ≥ {ALPHA}; "
                                       f"{basis})")
 
@@ -141,8 +142,9 @@ def draw_figures(records_dirs: Path | Sequence[Path], out_dir: Path, headline_di
     sns.set_theme(style="whitegrid", context="paper")
     written: list[Path] = []
     if headline_dirs:
-        _, _, rows = build_headline(load_records(headline_dirs, skip_unreadable).pairs)
-        written += draw_headline_cd(rows, out, "headline_critical_difference")
+        for table in build_headlines(load_records(headline_dirs, skip_unreadable).pairs):
+            written += draw_headline_cd(table.rows, out, f"headline_{table.stem}_critical_difference",
+                                        headline_heading(table))
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     file_ratios = file_contaminations()
     for r in records:

@@ -71,14 +71,14 @@ from oadbench.decision_report import LEADERBOARD, leaderboard_values
 from oadbench.decisions import DEFAULT_POLICY
 from oadbench.errors import DataError
 from oadbench.figures import draw_headline_cd
-from oadbench.headline import build_headline, headline_csv, headline_markdown, ranks_csv
+from oadbench.headline import build_headlines, headline_csv, headline_heading, headline_markdown, ranks_csv
 from oadbench.per_image import PerImage, read_per_image
 from oadbench.record_sets import folders_of, load_records, skipped_lines
 from oadbench.results import FINISHED
 from oadbench.stats import MEAN_ROW, fmt, fmt0, fmt1, fmt3, fmt_pct, fmt_pm, mean_over, seed_stats
 from oadbench.table_stats import aupimo_value, complete, interval_columns, marked, marker_columns, stat_columns
 
-HEADLINE_RECORDS = Path("headline", "records")  # the headline table's records, inside a leaderboards folder
+HEADLINE_RECORDS = Path("headline", "records")  # the headline tables' records, inside a leaderboards folder
 
 
 def columns(drift: bool = False, gpu: bool = False, decisions: bool = False) -> list[str]:
@@ -211,8 +211,10 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], first: Sequence[str] = ()) -> str:
-    """The README: an introduction, ``first`` (Markdown lines: the headline table), then every table."""
+def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], first: Sequence[str] = (),
+                last: Sequence[str] = ()) -> str:
+    """The README: an introduction, ``first`` (Markdown lines: the headline tables), every table, then ``last``
+    (the smoke-test tables)."""
     def pm(row: Mapping[str, Any], metric: str) -> str:
         return fmt_pm(row.get(f"{metric}_mean"), row.get(f"{metric}_std"))
 
@@ -259,7 +261,7 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
                          f"{fmt1(r.get('observe_ms'))} | {fmt1(r.get('score_ms'))} | {fmt1(r.get('train_s'))} | "
                          f"{memory}{r['n_runs']} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join([*lines, *last])
 
 
 def _shown(folder: Path, bases: Sequence[Path]) -> str:
@@ -277,10 +279,11 @@ def compile_leaderboards(records_dirs: Path | Sequence[Path], out_dir: Path,
                          ) -> list[Path]:
     """Write every leaderboard CSV and the Markdown README from the records under ``records_dirs`` (one folder or
     several: a researcher's own and the published ones compile into one set of tables); returns the written
-    paths. ``headline_dirs``: records of the headline table (:mod:`oadbench.headline`), written to
-    ``<out_dir>/headline/<protocol>_<size>px.csv`` and as the README's first table. An unreadable record file is
-    an error naming it (:func:`oadbench.record_sets.load_records`), or with ``skip_unreadable`` listed in the
-    README."""
+    paths. ``headline_dirs``: records of the headline tables (:mod:`oadbench.headline`), each written to
+    ``<out_dir>/headline/<stem>.csv`` (:attr:`oadbench.headline.Headline.stem`) with its ranks and
+    critical-difference diagram, and into the README: the real data's tables first, the smoke-test ones last.
+    An unreadable record file is an error naming it (:func:`oadbench.record_sets.load_records`), or with
+    ``skip_unreadable`` listed in the README."""
     folders, out_dir = folders_of(records_dirs), Path(out_dir)
     loaded = load_records(folders, skip_unreadable)
     tables = build_tables(loaded.pairs)
@@ -288,28 +291,30 @@ def compile_leaderboards(records_dirs: Path | Sequence[Path], out_dir: Path,
         raise DataError(f"no finished run record under {', '.join(map(str, folders))}")
     written, first = [], []
     skipped = list(loaded.skipped)
-    headline = folders_of(headline_dirs)
+    headline, last = folders_of(headline_dirs), []
     if headline:
         hl = load_records(headline, skip_unreadable)
         skipped += hl.skipped
-        protocol, size, rows = build_headline(hl.pairs)
-        path = out_dir / "headline" / f"{protocol}_{size}px.csv"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(headline_csv(rows, size))
-        ranks = path.with_name(f"{protocol}_{size}px_ranks.csv")
-        ranks.write_text(ranks_csv(rows))
-        cd = draw_headline_cd(rows, path.parent, f"{protocol}_{size}px_critical_difference")
-        written += [path, ranks, *cd]
         bases = [out_dir, *(f.parent for f in folders)]  # as the README links it; a copy elsewhere names the same
         records_name = ", ".join(_shown(h, bases) for h in headline)
-        first = headline_markdown(protocol, size, rows, path.relative_to(out_dir).as_posix(), records_name,
-                                  next((p.relative_to(out_dir).as_posix() for p in cd if p.suffix == ".png"), None))
+        for table in build_headlines(hl.pairs):
+            path = out_dir / "headline" / f"{table.stem}.csv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(headline_csv(table.rows, table.image_size))
+            ranks = path.with_name(f"{table.stem}_ranks.csv")
+            ranks.write_text(ranks_csv(table.rows))
+            cd = draw_headline_cd(table.rows, path.parent, f"{table.stem}_critical_difference",
+                                  headline_heading(table))
+            written += [path, ranks, *cd]
+            png = next((p.relative_to(out_dir).as_posix() for p in cd if p.suffix == ".png"), None)
+            lines = headline_markdown(table, path.relative_to(out_dir).as_posix(), records_name, png)
+            (last if table.smoke else first).extend(lines)
     for (protocol, dataset), rows in tables.items():
         path = out_dir / protocol / f"{dataset}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_csv(rows))
         written.append(path)
     readme = out_dir / "README.md"
-    readme.write_text(to_markdown(tables, [*skipped_lines(skipped), *first]))
+    readme.write_text(to_markdown(tables, [*skipped_lines(skipped), *first], last))
     written.append(readme)
     return written

@@ -226,16 +226,16 @@ def _headline_records(root, seeds=(0, 1, 2), skip=()):
     return values
 
 
-def test_headline_table_means_each_data_set_once_and_comes_first(fixture_records, tmp_path):
+def test_headline_tables_mean_each_real_data_set_once_and_table_synthetic_data_apart(fixture_records, tmp_path):
     root, _ = fixture_records
     values = _headline_records(tmp_path / "headline", skip={("cfa", "tile", 2)})
     out = tmp_path / "lb"
     written = compile_leaderboards(root, out, tmp_path / "headline")
-    assert out / "headline" / "online_cold_start_256px.csv" in written
+    assert {out / "headline" / f"online_cold_start_256px{s}.csv" for s in ("", "_synthetic")} <= set(written)
     rows = read_csv(out / "headline" / "online_cold_start_256px.csv")
     assert [(r["method"], r["dataset"]) for r in rows] == [
-        (m, d) for m in ("cfa", "lemo") for d in ("synthetic/capsule", "mtd/tile", "mvtec/transistor", "mean")]
-    names = ("synthetic/capsule", "mtd/tile", "mvtec/transistor")
+        (m, d) for m in ("cfa", "lemo") for d in ("mtd/tile", "mvtec/transistor", "mean")]
+    names = ("mtd/tile", "mvtec/transistor")
     lemo = {r["dataset"]: r for r in rows if r["method"] == "lemo"}
     per_seed = [np.mean([values[("lemo", d, s)]["image_auroc"] for d in names]) for s in (0, 1, 2)]
     assert float(lemo["mean"]["image_auroc_mean"]) == pytest.approx(np.mean(per_seed), abs=5e-5)
@@ -246,9 +246,49 @@ def test_headline_table_means_each_data_set_once_and_comes_first(fixture_records
     per_seed = [np.mean([values[("cfa", d, s)]["image_auroc"] for d in names]) for s in (0, 1)]  # seed 2 lacks MTD
     assert cfa["mtd/tile"]["seeds"] == "0 1" and cfa["mean"]["seeds"] == "0 1"
     assert float(cfa["mean"]["image_auroc_mean"]) == pytest.approx(np.mean(per_seed), abs=5e-5)
+    smoke = read_csv(out / "headline" / "online_cold_start_256px_synthetic.csv")
+    assert [(r["method"], r["dataset"]) for r in smoke] == [
+        (m, d) for m in ("cfa", "lemo") for d in ("synthetic/capsule", "mean")]
+    capsule = [values[("lemo", "synthetic/capsule", s)]["image_auroc"] for s in (0, 1, 2)]
+    assert float(smoke[-1]["image_auroc_mean"]) == pytest.approx(np.mean(capsule), abs=5e-5)
     md = (out / "README.md").read_text()
-    assert md.index("## Headline: online_cold_start at 256 px") < md.index("## online_cold_start / synthetic")
-    assert "| image AUROC | synthetic/capsule | mtd/tile | mvtec/transistor | **mean** |" in md
+    assert (md.index("## Headline: online_cold_start at 256 px") < md.index("## online_cold_start / synthetic")
+            < md.index("## Smoke test: online_cold_start at 256 px on synthetic data"))
+    assert "| image AUROC | mtd/tile | mvtec/transistor | **mean** |" in md
+
+
+def test_headline_has_a_table_per_protocol_and_a_row_per_evaluation_order(fixture_records, tmp_path):
+    root, _ = fixture_records
+    _headline_records(tmp_path / "headline", seeds=(0,))
+    values = {}
+    for method in ("cfa", "lemo"):
+        for order in ("score_then_observe", "observe_then_score"):
+            for dataset, category in (("mtd", "tile"), ("mvtec", "screw")):
+                metrics = {m: float(RNG.uniform(0.5, 1.0)) for m in METRICS}
+                values[(method, order, category)] = metrics["image_auroc"]
+                record = make_record(method, category, 0, metrics, run_id=f"{method}-{order}-{category}",
+                                     protocol="online_prequential")
+                record["config"]["dataset"]["name"] = dataset
+                record["config"]["protocol"]["evaluation"] = {"mode": "prequential", "order": order}
+                write_record(tmp_path / "headline" / "preq" / f"{method}-{order}-{category}.json", record)
+    out = tmp_path / "lb"
+    compile_leaderboards(root, out, tmp_path / "headline")
+    rows = read_csv(out / "headline" / "online_prequential_256px.csv")
+    assert [(r["method"], r["variant"], r["dataset"]) for r in rows] == [
+        (m, v, d) for m in ("cfa", "lemo") for v in ("", "observe_then_score") for d in ("mtd/tile", "mvtec/screw",
+                                                                                         "mean")]
+    for r in rows:
+        if r["dataset"] != "mean":
+            order = "observe_then_score" if r["variant"] else "score_then_observe"
+            category = r["dataset"].split("/")[1]
+            assert float(r["image_auroc_mean"]) == pytest.approx(values[(r["method"], order, category)], abs=5e-5)
+        assert r["false_alarm_rate_mean"] == ""  # no per-image stream results to replay a policy on
+    ranks = read_csv(out / "headline" / "online_prequential_256px_ranks.csv")
+    assert {(r["method"], r["variant"]) for r in ranks} == {(m, v) for m in ("cfa", "lemo")
+                                                            for v in ("", "observe_then_score")}
+    md = (out / "README.md").read_text()
+    assert md.index("## Headline: online_cold_start at 256 px") < md.index("## Headline: online_prequential at 256")
+    assert "| lemo, observe then score |" in md
 
 
 def test_headline_refuses_two_input_sizes(fixture_records, tmp_path):

@@ -157,13 +157,14 @@ def test_headline_ranks_and_friedman_are_scipys_and_the_diagram_is_drawn(compile
     data = np.array([values[m] for m in sorted(METHODS)]).T  # blocks (data sets) × methods
     ranks = np.mean([stats.rankdata(-row) for row in data], axis=0)
     friedman = stats.friedmanchisquare(*data.T)
-    rows = {r["method"]: r for r in read_rows(compiled / "headline" / "online_cold_start_256px_ranks.csv")}
+    ranks_csv = compiled / "headline" / "online_cold_start_256px_synthetic_ranks.csv"
+    rows = {r["method"]: r for r in read_rows(ranks_csv)}
     for m, rank in zip(sorted(METHODS), ranks, strict=True):
         assert float(rows[m]["average_rank"]) == pytest.approx(rank, abs=6e-5)
         assert float(rows[m]["friedman_p"]) == pytest.approx(friedman.pvalue, abs=6e-5)
         assert rows[m]["data_sets"] == "3"
     assert list(rows) == ["gamma", "beta", "alpha"]  # best first
-    assert (compiled / "headline" / "online_cold_start_256px_critical_difference.png").stat().st_size > 0
+    assert (compiled / "headline" / "online_cold_start_256px_synthetic_critical_difference.png").stat().st_size > 0
     readme = (compiled / "README.md").read_text()
     assert f"p = {friedman.pvalue:.3g}" in readme and "critical_difference.png" in readme
     assert sp.posthoc_nemenyi_friedman(data).shape == (3, 3)
@@ -259,7 +260,7 @@ def test_several_record_folders_compile_into_one_table(grid, tmp_path):
     compile_leaderboards([mine, grid], tmp_path / "lb", headline_dirs=[mine, grid])
     methods = {r["method"] for r in read_rows(tmp_path / "lb" / "online_cold_start" / "synthetic.csv")}
     assert methods == {"alpha", "beta", "delta", "gamma"}
-    ranks = read_rows(tmp_path / "lb" / "headline" / "online_cold_start_256px_ranks.csv")
+    ranks = read_rows(tmp_path / "lb" / "headline" / "online_cold_start_256px_synthetic_ranks.csv")
     assert {r["method"] for r in ranks} == {"alpha", "beta", "delta", "gamma"}
 
 
