@@ -9,7 +9,7 @@
 # disabled, the grid's checkpoint schedules. The four methods' cells that the published grid already has are read
 # from leaderboards/records; this adds the cells it lacks (the observe-then-score order, more contamination
 # levels, offline training on contaminated data, MVTec AD screw).
-# Then: oadbench leaderboard leaderboards/records leaderboards/inreach/records --out leaderboards/inreach/tables
+# Then: oadbench leaderboard leaderboards/inreach/records --out leaderboards/inreach/tables
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${MTD_ROOT:?set MTD_ROOT to the Magnetic Tile Defects folder}"

@@ -1,7 +1,10 @@
-"""The InReaCh comparison table (issue 31) from the compiled tables of the published grid and these records.
+"""The InReaCh comparison table (issue 31) from the compiled tables of these records and of the published grid.
 
-    oadbench leaderboard leaderboards/records leaderboards/inreach/records --out leaderboards/inreach/tables
+    oadbench leaderboard leaderboards/inreach/records --out leaderboards/inreach/tables
     python leaderboards/inreach/summary.py > leaderboards/inreach/summary.md
+
+A cell comes from these records' tables where they have the method, else from the published grid's
+(``leaderboards/<protocol>/<dataset>.csv``: the four methods' cells this measurement did not rerun).
 
 One block per data set (the mean row of each table: the synthetic categories' mean, MTD's tile, MVTec AD
 transistor, screw), one row per method, one column per protocol setting: final image AUROC, mean ± std over the
@@ -16,6 +19,7 @@ import sys
 from pathlib import Path
 
 TABLES = Path(__file__).parent / "tables"
+GRID = Path(__file__).parents[1]  # the published leaderboards
 COLUMNS = [  # (table folder, heading)
     ("online_cold_start", "cold start"),
     ("online_prequential", "prequential"),
@@ -43,13 +47,12 @@ def rows(folder: str, dataset: str) -> dict[str, dict[str, str]]:
         dataset, category = "mvtec", "screw"
     elif dataset == "mvtec":
         category = "transistor"
-    path = TABLES / folder / f"{dataset}.csv"
-    if not path.exists():
-        return {}
     out = {}
-    for r in csv.DictReader(path.open()):
-        if (category is None and r["category"] == "mean") or r["category"] == category:
-            out[r["method"]] = r
+    for path in (GRID / folder / f"{dataset}.csv", TABLES / folder / f"{dataset}.csv"):  # these records last: win
+        if path.exists():
+            for r in csv.DictReader(path.open()):
+                if (category is None and r["category"] == "mean") or r["category"] == category:
+                    out[r["method"]] = r
     return out
 
 
