@@ -40,13 +40,13 @@ def main(argv: list[str] | None = None) -> None:
         out.write("|---|" + "---|" * (len(methods) + 1) + "\n")
         for protocol in sorted(table):
             row = table[protocol]
-            cells = [f"{sum(row[m]):.0f} ({len(row[m])})" if row.get(m) else "-" for m in methods]
+            cells = [f"{sum(row[m]):.1f} ({len(row[m])})" if row.get(m) else "-" for m in methods]
             total = [x for m in methods for x in row.get(m, [])]
-            out.write(f"| {protocol} | " + " | ".join(cells) + f" | {sum(total):.0f} ({len(total)}) |\n")
+            out.write(f"| {protocol} | " + " | ".join(cells) + f" | {sum(total):.1f} ({len(total)}) |\n")
         sums = [[x for row in table.values() for x in row.get(m, [])] for m in methods]
         every = [x for s in sums for x in s]
-        out.write("| **total** | " + " | ".join(f"{sum(s):.0f} ({len(s)})" for s in sums)
-                  + f" | {sum(every):.0f} ({len(every)}) |\n")
+        out.write("| **total** | " + " | ".join(f"{sum(s):.1f} ({len(s)})" for s in sums)
+                  + f" | {sum(every):.1f} ({len(every)}) |\n")
 
 
 if __name__ == "__main__":
