@@ -222,7 +222,7 @@ def headline_markdown(table: Headline, csv_name: str, records_name: str, cd_name
     default decision policy's false-alarm / miss rates; then the average ranks with the Friedman test and the
     critical-difference diagram (``cd_name``, relative to the README)."""
     rows = table.rows
-    names = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d != MEAN_ROW]
+    names = sorted({r["dataset"] for r in rows} - {MEAN_ROW}, key=_order)
     by_key = {(*row_key(r), r["dataset"]): r for r in rows}
     keys = list(dict.fromkeys(row_key(r) for r in rows))
     label = method_names(rows)
