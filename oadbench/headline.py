@@ -177,13 +177,17 @@ def method_names(rows: Sequence[Mapping[str, Any]]) -> dict[Key, str]:
 
 
 def headline_ranks(rows: Sequence[Mapping[str, Any]], metric: str = RANK_METRIC) -> Ranks:
-    """Average ranks, Friedman and Nemenyi across the table's data sets (blocks), on each method's seed-mean
-    ``metric`` (:func:`oadbench.significance.rank_summary`)."""
+    """Average ranks, Friedman and Nemenyi across the table's data sets (blocks), on each row's seed-mean
+    ``metric`` (:func:`oadbench.significance.rank_summary`). Only rows with every data set are ranked (while at
+    least two are; else only the data sets every row has are blocks)."""
     names = method_names(rows)
     table: dict[str, dict[str, float]] = defaultdict(dict)
     for r in rows:
         if r["dataset"] != MEAN_ROW and r.get(f"{metric}_mean") is not None:
             table[r["dataset"]][names[row_key(r)]] = r[f"{metric}_mean"]
+    everywhere = set.intersection(*(set(v) for v in table.values())) if table else set()
+    if len(everywhere) >= 2:  # rows lacking a data set leave the ranks, rather than the data set leaving them
+        table = defaultdict(dict, {d: {n: v for n, v in row.items() if n in everywhere} for d, row in table.items()})
     return rank_summary(table)
 
 
@@ -268,7 +272,8 @@ def headline_markdown(table: Headline, csv_name: str, records_name: str, cd_name
         order = sorted(keys, key=lambda k: (ranks.average.get(label[k], 1e9), label[k]))
         p = "–" if ranks.friedman_p is None else f"{ranks.friedman_p:.3g}"
         out += [f"Average rank of the seed-mean final image AUROC over the {ranks.blocks} data sets (1 = best; each "
-                f"data set one block, its seeds averaged first: they share its test set). Friedman test: "
+                f"data set one block, its seeds averaged first: they share its test set; a row without every data set "
+                f"is not ranked). Friedman test: "
                 f"p = {p}" + ("" if ranks.friedman_statistic is None else
                                f" (χ² = {ranks.friedman_statistic:.2f}, {len(ranks.average) - 1} df)") + ".", "",
                 "| row | " + " | ".join(label[k] for k in order) + " |", "|---|" + "---|" * len(order),

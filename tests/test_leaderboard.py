@@ -291,6 +291,25 @@ def test_headline_has_a_table_per_protocol_and_a_row_per_evaluation_order(fixtur
     assert "| lemo, observe then score |" in md
 
 
+def test_headline_ranks_leave_out_a_row_lacking_a_data_set_not_the_data_set():
+    from scipy import stats
+
+    from oadbench.headline import headline_ranks
+
+    values = {"a": (0.9, 0.8, 0.7), "b": (0.8, 0.9, 0.6), "c": (0.7, 0.6, 0.8)}
+    sets = ("mtd/tile", "mvtec/screw", "mvtec/transistor")
+    rows = [{"method": m, "backbone": "b0", "variant": "", "dataset": d, "image_auroc_mean": v[i]}
+            for m, v in values.items() for i, d in enumerate(sets)]
+    rows.append({"method": "a", "backbone": "b0", "variant": "observe_then_score", "dataset": "mvtec/screw",
+                 "image_auroc_mean": 0.99})  # one data set only so far
+    ranks = headline_ranks(rows)
+    assert ranks.blocks == 3 and set(ranks.average) == {"a", "b", "c"}
+    data = [[values[m][i] for m in "abc"] for i in range(3)]
+    expected = [sum(stats.rankdata([-x for x in row])[j] for row in data) / 3 for j in range(3)]
+    assert [ranks.average[m] for m in "abc"] == pytest.approx(expected)
+    assert ranks.friedman_p == pytest.approx(stats.friedmanchisquare(*zip(*data, strict=True)).pvalue)
+
+
 def test_headline_refuses_two_input_sizes(fixture_records, tmp_path):
     root, _ = fixture_records
     _headline_records(tmp_path / "headline", seeds=(0,))
