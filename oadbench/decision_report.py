@@ -87,6 +87,14 @@ def leaderboard_values(table: PerImage | None, record: Mapping[str, Any]) -> dic
     return {k: _finite(final[k]) for k in LEADERBOARD}
 
 
+def blank_partial_rates(mean: dict[str, Any], cells: Sequence[Mapping[str, Any]]) -> None:
+    """In ``mean`` (one seed's values averaged over ``cells``: categories or data sets), empty each
+    :data:`LEADERBOARD` rate that a cell lacks: a mean over part of the cells would pass for the whole."""
+    for k in LEADERBOARD:
+        if k in mean and any(c.get(k) is None for c in cells):
+            mean[k] = None
+
+
 def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from oadbench.cells import assign_cells, file_contaminations, run_values, table_of
-from oadbench.decision_report import LEADERBOARD, leaderboard_values
+from oadbench.decision_report import LEADERBOARD, blank_partial_rates, leaderboard_values
 from oadbench.decisions import DEFAULT_POLICY
 from oadbench.errors import DataError
 from oadbench.per_image import PerImage, read_per_image
@@ -114,9 +114,7 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
         variant = table_of(record, ratios)[0][len(protocol) + 1:]
         key = (record["config"]["method"]["name"], record["backbone"]["name"], variant)
         seed, table = int(record["config"]["seed"]), read_per_image(path, record)
-        values = {**run_values(record), "aupimo": aupimo_value(table)}
-        if (record["config"]["protocol"].get("evaluation") or {}).get("mode") == "prequential":
-            values.update(leaderboard_values(table, record))
+        values = {**run_values(record), "aupimo": aupimo_value(table), **leaderboard_values(table, record)}
         runs[key][data_set(record)][seed] = values
         tables[key][data_set(record)][seed] = table
     everywhere = sorted({d for cells in runs.values() for d in cells}, key=_order)
@@ -142,9 +140,7 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
 def _mean_over(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One seed's values averaged over the data sets; a decision rate missing on one leaves the mean empty."""
     out = mean_over(cells, (*HEADLINE_METRICS, *HEADLINE_COSTS))
-    for k in LEADERBOARD:
-        if any(c.get(k) is None for c in cells):
-            out[k] = None
+    blank_partial_rates(out, cells)
     return out
 
 

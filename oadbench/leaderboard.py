@@ -67,7 +67,7 @@ from oadbench.cells import (
     run_values,
     undrifted_key,
 )
-from oadbench.decision_report import LEADERBOARD, leaderboard_values
+from oadbench.decision_report import LEADERBOARD, blank_partial_rates, leaderboard_values
 from oadbench.decisions import DEFAULT_POLICY
 from oadbench.errors import DataError
 from oadbench.figures import draw_headline_cd
@@ -175,9 +175,7 @@ def build_tables(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> dict[tupl
             for seed in sorted({s for c in cell_keys for s in cells[table][c]}):
                 present = [cells[table][c][seed] for c in cell_keys if seed in cells[table][c]]
                 per_seed[seed] = mean_over(present, present[0])
-                for k in LEADERBOARD:  # a category without stream results leaves the mean undefined
-                    if k in per_seed[seed] and any(p.get(k) is None for p in present):
-                        per_seed[seed][k] = None
+                blank_partial_rates(per_seed[seed], present)  # a category without stream results
                 per_seed[seed]["_n"] = len(present)
             rows.append(_cell_row(method, backbone, device, MEAN_ROW, per_seed,
                                   [m for c in cell_keys for m in meta[table][c]],
