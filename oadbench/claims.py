@@ -66,6 +66,17 @@ class RunClaim:
         self.owner = owner
         return False
 
+    def clear_stale(self) -> bool:
+        """Remove a stale claim (see the module docstring) without taking one; a live owner's claim stays.
+        Returns True when a claim was removed. For a finished run whose process died between writing its
+        record and releasing its claim."""
+        owner = self._read()
+        if owner is None or not self._is_stale(owner):
+            return False
+        log.info("removing the stale claim %s beside a finished record", self.path)
+        self._remove_if(owner)
+        return True
+
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -68,6 +68,7 @@ def run(config: Mapping[str, Any]) -> dict[str, Any]:
     ``force``; skipped (returning ``status: claimed``) while another live process executes it."""
     prep = prepare(config)
     if not prep.config["force"] and is_finished(prep.path):
+        RunClaim(prep.path).clear_stale()  # its process died between writing the record and releasing the claim
         return _skipped(prep)
     claim = RunClaim(prep.path)
     if not claim.acquire():

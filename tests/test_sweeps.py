@@ -133,6 +133,21 @@ def test_a_dead_owners_claim_is_taken_over(tmp_path):
     claim.release()
 
 
+def test_clear_stale_removes_a_dead_owners_claim_and_keeps_a_live_one(tmp_path):
+    record = tmp_path / "r.json"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim_path(record).write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": dead.pid,
+                                              "started": time.time()}))
+    assert RunClaim(record).clear_stale()
+    assert not claim_path(record).exists()
+    live = RunClaim(record)
+    assert live.acquire()
+    assert not RunClaim(record).clear_stale()
+    assert json.loads(claim_path(record).read_text())["token"] == live.token
+    live.release()
+
+
 def test_a_claim_without_heartbeat_is_stale_on_any_host(tmp_path):
     record = tmp_path / "r.json"
     claim_path(record).write_text(json.dumps({"token": "y", "host": "another-node", "pid": 1, "started": 0}))
