@@ -25,6 +25,7 @@ from oadbench.errors import DataError
 from oadbench.leaderboard import compile_leaderboards
 from oadbench.per_image import HOLDOUT, PerImage, read_per_image, save_per_image
 from oadbench.results import identity_hash, record_path, write_record
+from oadbench.significance import ResampledAUROC
 
 METHODS = {"alpha": 0.4, "beta": 0.9, "gamma": 1.6}  # method -> shift of its anomalous scores
 CATEGORIES = ("capsule", "fabric", "washer")
@@ -120,6 +121,17 @@ def test_intervals_are_scipy_bootstrap_of_the_seed_mean(compiled):
     mean_row = rows[("gamma", "mean")]
     assert float(mean_row["image_auroc_ci_low"]) < float(mean_row["image_auroc_mean"]) \
         < float(mean_row["image_auroc_ci_high"])
+
+
+def test_resampled_auroc_is_mann_whitney_exactly_with_ties_and_repeats():
+    rng = np.random.default_rng(3)
+    normal, anomalous = rng.integers(0, 6, (2, 40)).astype(float), rng.integers(2, 9, (2, 25)).astype(float)
+    i0, i1 = rng.integers(0, 40, (4, 5, 40)), rng.integers(0, 25, (4, 5, 25))  # resamples with repeats
+    got = ResampledAUROC(normal, anomalous)(i0, i1)
+    assert got.shape == (2, 4, 5)
+    want = np.stack([stats.mannwhitneyu(a[i1], n[i0], axis=-1, method="asymptotic").statistic / (40 * 25)
+                     for n, a in zip(normal, anomalous, strict=True)])
+    assert np.array_equal(got, want)  # the same float, not merely close
 
 
 def test_top_group_is_one_sided_delong_and_wilcoxon_against_the_best_with_holm(compiled):
