@@ -26,8 +26,9 @@ DATASETS = {"synthetic": {"capsule", "fabric", "marble", "washer"}, "mtd": {"til
             "mvtec": {"transistor", "screw"}}
 SWEEP = [f"online_contaminated_c{c}" for c in (0, 5, 20, 30)]
 HEADLINE_SETS = {"mtd/tile", "mvtec/transistor", "mvtec/screw"}  # real data only; synthetic: the smoke-test table
+ORDERS = ("", "observe_then_score")  # the prequential table's rows per method: score-then-observe, the other order
 HEADLINE_TABLES = {  # stem -> (variants, the (method, variant) rows complete on every data set)
-    "online_prequential_256px": (("", "observe_then_score"), {(m, "") for m in METHODS}),
+    "online_prequential_256px": (ORDERS, {(m, v) for m in METHODS for v in ORDERS}),
 }
 
 pytestmark = pytest.mark.skipif(not RECORDS.is_dir(), reason="no committed records")
