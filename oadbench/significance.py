@@ -126,8 +126,8 @@ class ResampledAUROC:
         counts = np.bincount((i0 + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
         rows = np.arange(b)[:, None]
         out = np.empty((len(self.order), b))
+        cum = np.zeros((b, n + 1), dtype=np.int64)  # column 0 stays 0; the rest is rewritten per seed
         for s, order in enumerate(self.order):
-            cum = np.zeros((b, n + 1), dtype=np.int64)
             np.cumsum(counts[:, order], axis=1, out=cum[:, 1:])
             twice_u = (cum[rows, self.below[s][i1]] + cum[rows, self.upto[s][i1]]).sum(-1)
             out[s] = twice_u / (2 * i0.shape[-1] * i1.shape[-1])

@@ -121,12 +121,17 @@ def test_a_live_claim_excludes_others_and_is_released(tmp_path):
     second.release()
 
 
-def test_a_dead_owners_claim_is_taken_over(tmp_path):
-    record = tmp_path / "r.json"
+def dead_owners_claim(record: Path) -> Path:
+    """Leave a claim on ``record`` whose owner, a process on this host, has exited; returns ``record``."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     claim_path(record).write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": dead.pid,
                                               "started": time.time()}))
+    return record
+
+
+def test_a_dead_owners_claim_is_taken_over(tmp_path):
+    record = dead_owners_claim(tmp_path / "r.json")
     claim = RunClaim(record)
     assert claim.acquire()
     assert json.loads(claim_path(record).read_text())["pid"] == os.getpid()
@@ -134,11 +139,7 @@ def test_a_dead_owners_claim_is_taken_over(tmp_path):
 
 
 def test_clear_stale_removes_a_dead_owners_claim_and_keeps_a_live_one(tmp_path):
-    record = tmp_path / "r.json"
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    claim_path(record).write_text(json.dumps({"token": "x", "host": socket.gethostname(), "pid": dead.pid,
-                                              "started": time.time()}))
+    record = dead_owners_claim(tmp_path / "r.json")
     assert RunClaim(record).clear_stale()
     assert not claim_path(record).exists()
     live = RunClaim(record)
