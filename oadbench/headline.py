@@ -235,8 +235,8 @@ def headline_markdown(table: Headline, csv_name: str, records_name: str, cd_name
     out += [f"Final metrics after the whole stream, mean ± std over seeds {seeds}; "
             f"**mean**: the mean over the {len(names)} data sets, each counting once (empty until every data set "
             f"has the seed's run). Where the records have per-image results: [95 % bootstrap interval over test "
-            f"images] and ★ on the best row of a data set and every row not significantly below it "
-            f"(one-sided paired test on the same images, Holm-corrected, α = {ALPHA}: DeLong for image AUROC, "
+            f"images] and, where every row of a data set has them, ★ on its best row and every row not significantly "
+            f"below it (one-sided paired test on the same images, Holm-corrected, α = {ALPHA}: DeLong for image AUROC, "
             f"Wilcoxon for AUPIMO; see the README's \"Comparing methods\"). Records: `{records_name}`; "
             f"CSV: `{csv_name}`.", ""]
     pivots = [("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupimo", "AUPIMO")]

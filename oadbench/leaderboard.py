@@ -221,9 +221,10 @@ def to_markdown(tables: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]], f
              "Mean ± std over seeds; image / pixel AUROC, AUPRO, area under the learning curve of image AUROC,",
              "the method's own observe and score ms per image (median), its training seconds (observe +",
              "consolidate, backbone excluded) and the number of runs. Where every run of a row has per-image",
-             "results: AUPIMO, the 95 % bootstrap interval over test images `[low, high]` and ★ on the best row of a",
-             "category and every row not significantly below it (paired one-sided test on the same images,",
-             "Holm-corrected; the main README's \"Comparing methods\" says what each assumes).", "", *first]
+             "results: AUPIMO, the 95 % bootstrap interval over test images `[low, high]`; where every row of a",
+             "category has them, ★ on its best row and every row not significantly below it (paired one-sided test",
+             "on the same images, Holm-corrected; the main README's \"Comparing methods\" says what each assumes).",
+             "", *first]
     for (protocol, dataset), rows in tables.items():
         sizes = " / ".join(sorted({x for r in rows for x in str(r["image_size"]).split()}, key=int))
         seeds = " ".join(sorted({x for r in rows for x in str(r["seeds"]).split()}, key=int))

@@ -6,8 +6,8 @@ AUPIMO of the anomalous test images; mean and std over seeds like every metric),
 image AUROC and AUPIMO (``<m>_ci_low`` / ``<m>_ci_high``), and, on category rows, the top group of that category:
 ``<m>_top`` (1 for the best configuration and every one not significantly below it, 0 otherwise) and
 ``<m>_p_best`` (the Holm-adjusted one-sided p-value of 'the best is above this one'; empty for the best). A row
-gets these only when every run in it has per-image results; otherwise they are empty, never computed on part of
-its runs.
+gets these only when every run in it has per-image results, and the markers only when every row of its category
+does; otherwise they are empty, never computed on part of the runs or part of the rows.
 """
 
 from __future__ import annotations
@@ -56,11 +56,14 @@ def interval_columns(cell: Mapping[str, Sequence[PerImage]] | None) -> dict[str,
 def marker_columns(cells: Mapping[Hashable, Sequence[PerImage] | None], values: Mapping[Hashable, Mapping[str, Any]]
                    ) -> dict[Hashable, dict[str, Any]]:
     """The rows of one data set (key -> its seeds' tables, None without; key -> its row's ``<m>_mean``): each
-    key's ``<m>_top`` and ``<m>_p_best``. Only rows with tables compete."""
+    key's ``<m>_top`` and ``<m>_p_best``; all empty unless every row has tables (among part of the rows, the
+    'best' could sit below an untested row, and its ★ would say what no test showed)."""
     out: dict[Hashable, dict[str, Any]] = {k: {} for k in cells}
-    with_tables = {k: v for k, v in cells.items() if v is not None}
+    tables = {k: v for k, v in cells.items() if v is not None}
+    if len(tables) < len(cells):
+        return out
     for m in STAT_METRICS:
-        group = top_group(with_tables, {k: values[k].get(f"{m}_mean") for k in with_tables}, m)
+        group = top_group(tables, {k: values[k].get(f"{m}_mean") for k in tables}, m)
         for key, p in group.items():
             out[key][f"{m}_p_best"] = p
             out[key][f"{m}_top"] = 1 if p is None or p >= ALPHA else 0
