@@ -11,8 +11,9 @@
 # Grid reductions (stated in every record's config): 128 px input, the checkpoint schedules below, CFA's offline
 # form trained for 10 epochs instead of 30 on full training splits, InReaCh's memory on MTD capped at 100,000
 # members (method.max_members; its default 2,000,000 holds every patch of 1,953 images at 128 px, and the kNN cost
-# grows with the members). Headline: 256 px, the cold-start table with the log2 checkpoint schedule (0, 1, 2, 4, ...
-# and the stream's end; the final value does not depend on the schedule), every record with its per-image results.
+# grows with the members). Headline: 256 px, the cold-start table (and its smoke-test table on the synthetic
+# categories) with the log2 checkpoint schedule (0, 1, 2, 4, ... and the stream's end; the final value does not
+# depend on the schedule), every record with its per-image results.
 # Everything: W&B disabled. Then: `oadbench leaderboard && oadbench figs`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,6 +57,7 @@ headline() {  # methods, extra overrides
   for d in MVT SCR MTD; do echo "$d 0,1,2 $1 protocol=online_prequential $H ${2:-}"; done
   for d in MVT SCR MTD; do echo "$d 0,1,2 $1 protocol=online_prequential $OTS $H ${2:-}"; done
   for d in MVT SCR MTD; do echo "$d 0,1,2 $1 protocol=online_cold_start $LOG2 $H ${2:-}"; done
+  echo "SYN 0,1,2 $1 protocol=online_cold_start $LOG2 $H ${2:-}"  # the smoke-test table (synthetic categories)
 }
 
 GRID=() HEAD=() INREACH=()
