@@ -5,9 +5,12 @@
 #   MTD_ROOT=<Magnetic Tile Defects> MVTEC_ROOT=<MVTec AD> [ONLY=padim,lemo,...] leaderboards/run_grid.sh [LANES] [PART]
 #
 # LANES (default 2) processes share every sweep through run claims (see leaderboards/lanes.sh), one torch thread
-# each. PART (default all): `grid`, `headline`, `inreach` (InReaCh's lines of both), or `all`, which runs the lines
-# in the order below: the four methods' grid cells, the headline tables' four methods, then InReaCh. ONLY restricts
-# every line to some methods.
+# each. PART (default all): `grid` (the four methods' grid cells), `headline` (both headline tables, all five
+# methods), `inreach` (InReaCh's lines of both), or `all`, which runs the lines in the order below: the four methods'
+# grid cells, their headline cells, then InReaCh's grid cells and its headline cells. ONLY restricts every line to
+# some methods; EXTRA (space-separated overrides) is added to every line, e.g. InReaCh's 256 px headline cells on a
+# GPU (about 80 CPU-hours on one thread, README "Published results"):
+#   ONLY=inreach EXTRA="device=cuda threads=8" leaderboards/run_grid.sh 1 headline
 # Grid reductions (stated in every record's config): 128 px input, the checkpoint schedules below, CFA's offline
 # form trained for 10 epochs instead of 30 on full training splits, InReaCh's memory on MTD capped at 100,000
 # members (method.max_members; its default 2,000,000 holds every patch of 1,953 images at 128 px, and the kNN cost
@@ -60,17 +63,19 @@ headline() {  # methods, extra overrides
   echo "SYN 0,1,2 $1 protocol=online_cold_start $LOG2 $H ${2:-}"  # the smoke-test table (synthetic categories)
 }
 
-GRID=() HEAD=() INREACH=()
+GRID=() HEAD=() INREACH_GRID=() INREACH_HEAD=()
 mapfile -t GRID < <(cells SCR "$MTD_CK" $FOUR; cells MVT "$MTD_CK" $FOUR; cells MTD "$MTD_CK" $FOUR
                     cells SYN "$SYN_CK" $FOUR
                     echo "MTD 0,1,2 $FOUR protocol=online_contaminated protocol.stream.contamination=0.0,0.05,0.2,0.3 protocol.evaluation.checkpoints=[] $G")
 mapfile -t HEAD < <(headline $FOUR)
-mapfile -t INREACH < <(cells MVT "$MTD_CK" inreach; cells SCR "$MTD_CK" inreach; cells SYN "$SYN_CK" inreach
-                       cells MTD "$MTD_CK" inreach "$SMALL"; headline inreach)
+mapfile -t INREACH_GRID < <(cells MVT "$MTD_CK" inreach; cells SCR "$MTD_CK" inreach; cells SYN "$SYN_CK" inreach
+                            cells MTD "$MTD_CK" inreach "$SMALL")
+mapfile -t INREACH_HEAD < <(headline inreach)
 LINES=()
 [[ $PART == all || $PART == grid ]] && LINES+=("${GRID[@]}")
 [[ $PART == all || $PART == headline ]] && LINES+=("${HEAD[@]}")
-[[ $PART == all || $PART == inreach ]] && LINES+=("${INREACH[@]}")
+[[ $PART == all || $PART == inreach ]] && LINES+=("${INREACH_GRID[@]}")
+[[ $PART == all || $PART == headline || $PART == inreach ]] && LINES+=("${INREACH_HEAD[@]}")
 FIRST=0
 LAST=$(( ${#LINES[@]} - 1 ))
 if [[ ${DRY_RUN:-} ]]; then printf '%s\n' "${LINES[@]}"; exit 0; fi

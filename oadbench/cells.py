@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,11 @@ def record_device(record: Mapping[str, Any]) -> str:
     if isinstance(numeric, Mapping) and numeric.get("type"):
         return str(numeric["type"])
     return str((record.get("config") or {}).get("device") or CPU).split(":")[0]
+
+
+def is_gpu_table(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a table has rows of records run on a device other than the CPU (rows' ``device``, default CPU)."""
+    return any(r.get("device", CPU) != CPU for r in rows)
 
 
 def undrifted_key(record: Mapping[str, Any]) -> str:

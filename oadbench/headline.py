@@ -3,7 +3,8 @@
 ``build_headlines(records)`` splits the headline records (the published ones: ``leaderboards/headline/records``)
 into tables, one per protocol name, real data sets and synthetic ones apart: the synthetic categories are
 smoke-test data (``smoke``), tabled after the real ones. ``build_headline(records)`` builds one table: one row per
-(method, backbone, variant, data set) plus one ``mean`` row per (method, backbone, variant). The *variant* is what
+(method, backbone, variant, device type, data set) plus one ``mean`` row per (method, backbone, variant, device
+type). The *variant* is what
 the run's leaderboard label adds to the protocol name (:func:`oadbench.cells.protocol_label`; e.g.
 ``observe_then_score`` for a prequential run in that order, empty for the protocol's own setting): each variant is
 a row of its own, ranked and tested beside the methods. A data set is ``<dataset>/<category>`` (``mtd/tile``,
@@ -20,7 +21,10 @@ Where the records have per-image results, cells gain AUPIMO, intervals and the t
 Friedman test (:func:`oadbench.significance.rank_summary`), :func:`ranks_csv` writes them.
 
 A table's records must share one input size and one configuration per cell (the leaderboards' rule,
-:func:`oadbench.cells.assign_cells`, checks the last); anything else is an error naming what differs.
+:func:`oadbench.cells.assign_cells`, checks the last); anything else is an error naming what differs. Records run
+on a GPU are rows of their own, labelled with the device type (``inreach (cuda)``), and a table with such rows
+gets a ``device`` column after ``variant`` (a CPU-only table's CSV is what it always was): their metrics match the
+CPU's up to float rounding, their times are another machine's.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oadbench.cells import assign_cells, file_contaminations, run_values, table_of
+from oadbench.cells import CPU, assign_cells, file_contaminations, is_gpu_table, record_device, run_values, table_of
 from oadbench.decision_report import LEADERBOARD, blank_partial_rates, leaderboard_values
 from oadbench.decisions import DEFAULT_POLICY
 from oadbench.errors import DataError
@@ -49,9 +53,10 @@ COLUMNS = ["method", "backbone", "variant", "dataset", "n_runs", "seeds",
            *[f"{m}_{s}" for m in HEADLINE_METRICS for s in ("mean", "std")], *stat_columns(), *HEADLINE_COSTS,
            "image_size"]
 RANK_COLUMNS = ["method", "backbone", "variant", "average_rank", "data_sets", "friedman_statistic", "friedman_p"]
+DEVICE_AFTER = "variant"  # a GPU table's ``device`` column follows it, in the table's and the ranks' CSV
 RANK_METRIC = "image_auroc"
 
-Key = tuple[str, str, str]  # (method, backbone, variant): one row group of a headline table
+Key = tuple[str, str, str, str]  # (method, backbone, variant, device type): one row group of a headline table
 
 
 @dataclass(frozen=True)
@@ -112,7 +117,7 @@ def build_headline(records: Iterable[tuple[Path, Mapping[str, Any]]]) -> tuple[s
     tables: dict[Key, dict[str, dict[int, PerImage | None]]] = defaultdict(lambda: defaultdict(dict))
     for path, record in pairs:
         variant = table_of(record, ratios)[0][len(protocol) + 1:]
-        key = (record["config"]["method"]["name"], record["backbone"]["name"], variant)
+        key = (record["config"]["method"]["name"], record["backbone"]["name"], variant, record_device(record))
         seed, table = int(record["config"]["seed"]), read_per_image(path, record)
         values = {**run_values(record), "aupimo": aupimo_value(table), **leaderboard_values(table, record)}
         runs[key][data_set(record)][seed] = values
@@ -145,8 +150,8 @@ def _mean_over(cells: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def row_key(row: Mapping[str, Any]) -> Key:
-    """(method, backbone, variant) of a headline row."""
-    return row["method"], row["backbone"], row.get("variant") or ""
+    """(method, backbone, variant, device type) of a headline row."""
+    return row["method"], row["backbone"], row.get("variant") or "", row.get("device") or CPU
 
 
 def _order(name: str) -> tuple[int, str]:
@@ -158,18 +163,23 @@ def _order(name: str) -> tuple[int, str]:
 def _row(key: Key, name: str, runs: Mapping[int, Mapping[str, Any]], n_runs: int,
          per_image: Mapping[str, Mapping[int, PerImage | None]]) -> dict[str, Any]:
     seeds = sorted(runs)
-    row: dict[str, Any] = {"method": key[0], "backbone": key[1], "variant": key[2], "dataset": name,
-                           "n_runs": n_runs, "seeds": " ".join(map(str, seeds))}
+    row: dict[str, Any] = {"method": key[0], "backbone": key[1], "variant": key[2], "device": key[3],
+                           "dataset": name, "n_runs": n_runs, "seeds": " ".join(map(str, seeds))}
     return {**row, **seed_stats(runs, HEADLINE_METRICS, HEADLINE_COSTS), **interval_columns(complete(per_image))}
 
 
 def method_names(rows: Sequence[Mapping[str, Any]]) -> dict[Key, str]:
-    """(method, backbone, variant) -> its label: the method's name, with the backbone where a method has several,
-    and the variant in words (``lemo, observe then score``)."""
+    """(method, backbone, variant, device type) -> its label: the method's name, with the backbone where a method
+    has several and the device type off the CPU, then the variant in words (``lemo, observe then score``,
+    ``inreach (cuda)``)."""
     keys = list(dict.fromkeys(row_key(r) for r in rows))
-    several = {m for m, b, _ in keys if len({k[1] for k in keys if k[0] == m}) > 1}
-    return {(m, b, v): (f"{m} ({b})" if m in several else m) + (", " + v.replace("_", " ") if v else "")
-            for m, b, v in keys}
+    several = {m for m, b, _, _ in keys if len({k[1] for k in keys if k[0] == m}) > 1}
+
+    def label(m: str, b: str, v: str, d: str) -> str:
+        note = ", ".join([*([b] if m in several else []), *([d] if d != CPU else [])])
+        return m + (f" ({note})" if note else "") + (", " + v.replace("_", " ") if v else "")
+
+    return {key: label(*key) for key in keys}
 
 
 def headline_ranks(rows: Sequence[Mapping[str, Any]], metric: str = RANK_METRIC) -> Ranks:
@@ -191,11 +201,14 @@ def ranks_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The headline's average ranks (image AUROC) with the Friedman test, one row per method, best first."""
     ranks = headline_ranks(rows)
     names = method_names(rows)
-    lines = [",".join(RANK_COLUMNS)]
-    for (method, backbone, variant), name in sorted(names.items(),
-                                                    key=lambda kv: (ranks.average.get(kv[1], 1e9), kv[1])):
-        lines.append(",".join(fmt(v) for v in (method, backbone, variant, ranks.average.get(name), ranks.blocks,
-                                               ranks.friedman_statistic, ranks.friedman_p)))
+    cols = with_device(RANK_COLUMNS, rows)
+    lines = [",".join(cols)]
+    for (method, backbone, variant, device), name in sorted(names.items(),
+                                                            key=lambda kv: (ranks.average.get(kv[1], 1e9), kv[1])):
+        values = {"method": method, "backbone": backbone, "variant": variant, "device": device,
+                  "average_rank": ranks.average.get(name), "data_sets": ranks.blocks,
+                  "friedman_statistic": ranks.friedman_statistic, "friedman_p": ranks.friedman_p}
+        lines.append(",".join(fmt(values[c]) for c in cols))
     return "\n".join(lines) + "\n"
 
 
@@ -203,10 +216,19 @@ def has_per_image(rows: Sequence[Mapping[str, Any]]) -> bool:
     return any(r.get("image_auroc_ci_low") is not None for r in rows)
 
 
+def with_device(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``columns`` with ``device`` after ``variant`` where the table has rows run off the CPU."""
+    if not is_gpu_table(rows):
+        return list(columns)
+    at = list(columns).index(DEVICE_AFTER) + 1
+    return [*columns[:at], "device", *columns[at:]]
+
+
 def headline_csv(rows: Sequence[Mapping[str, Any]], image_size: int) -> str:
-    lines = [",".join(COLUMNS)]
+    cols = with_device(COLUMNS, rows)
+    lines = [",".join(cols)]
     for r in rows:
-        lines.append(",".join(fmt(image_size if c == "image_size" else r.get(c)) for c in COLUMNS))
+        lines.append(",".join(fmt(image_size if c == "image_size" else r.get(c)) for c in cols))
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +298,9 @@ def headline_markdown(table: Headline, csv_name: str, records_name: str, cd_name
                 "| average rank | " + " | ".join(fmt3(ranks.average.get(label[k])) for k in order) + " |", ""]
         if cd_name is not None:
             out += [f"![Critical-difference diagram, {heading}]({cd_name})", ""]
-    out += ["Observe / score ms per image (median, the method's own work):", "",
+    gpu = ("; a row labelled with a device type ran there, its times that machine's, not comparable with the CPU "
+           "rows'") if is_gpu_table(rows) else ""
+    out += [f"Observe / score ms per image (median, the method's own work{gpu}):", "",
             "| row | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key in keys:
         cells = [f"{fmt1(by_key.get((*key, n), {}).get('observe_ms'))} / "

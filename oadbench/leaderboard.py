@@ -58,12 +58,12 @@ from typing import Any
 
 from oadbench.cells import (
     COSTS,
-    CPU,
     GPU_COSTS,
     METRICS,
     SUMMARIES,
     assign_cells,
     file_contaminations,
+    is_gpu_table,
     run_values,
     undrifted_key,
 )
@@ -192,11 +192,6 @@ def is_drift_table(rows: Sequence[Mapping[str, Any]]) -> bool:
 def is_decision_table(rows: Sequence[Mapping[str, Any]]) -> bool:
     """Whether a table is prequential: it has the default policy's decision columns."""
     return any(f"{LEADERBOARD[0]}_mean" in r for r in rows)
-
-
-def is_gpu_table(rows: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether a table has rows of records run on a device other than the CPU."""
-    return any(r.get("device", CPU) != CPU for r in rows)
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:

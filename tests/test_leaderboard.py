@@ -291,6 +291,33 @@ def test_headline_has_a_table_per_protocol_and_a_row_per_evaluation_order(fixtur
     assert "| lemo, observe then score |" in md
 
 
+def test_headline_keeps_a_gpu_run_in_a_row_of_its_own(fixture_records, tmp_path):
+    """A method's CUDA records beside its CPU records (one seed, the same data sets) are a row of their own,
+    labelled and ranked as such; the CPU row keeps its own values."""
+    root, _ = fixture_records
+    values = _headline_records(tmp_path / "headline", seeds=(0,))
+    for dataset, category in (("mtd", "tile"), ("mvtec", "transistor")):
+        record = gpu_record("lemo", category, 0, 0.6, f"gpu-{category}")
+        record["config"]["dataset"]["name"] = dataset
+        write_record(tmp_path / "headline" / "gpu" / f"{category}.json", record)
+    out = tmp_path / "lb"
+    compile_leaderboards(root, out, tmp_path / "headline")
+    rows = read_csv(out / "headline" / "online_cold_start_256px.csv")
+    assert [(r["method"], r["device"], r["dataset"]) for r in rows] == [
+        (m, d, s) for m, d in (("cfa", "cpu"), ("lemo", "cpu"), ("lemo", "cuda"))
+        for s in ("mtd/tile", "mvtec/transistor", "mean")]
+    for r in rows:
+        if r["dataset"] != "mean":
+            expected = 0.6 if r["device"] == "cuda" else values[(r["method"], r["dataset"], 0)]["image_auroc"]
+            assert float(r["image_auroc_mean"]) == pytest.approx(expected, abs=5e-5)
+    ranks = read_csv(out / "headline" / "online_cold_start_256px_ranks.csv")
+    assert {(r["method"], r["device"]) for r in ranks} == {("cfa", "cpu"), ("lemo", "cpu"), ("lemo", "cuda")}
+    md = (out / "README.md").read_text()
+    assert "| lemo (cuda) |" in md and "| lemo |" in md and "ran there, its times that machine's" in md
+    smoke = read_csv(out / "headline" / "online_cold_start_256px_synthetic.csv")
+    assert "device" not in smoke[0]  # a table with CPU records only keeps its columns
+
+
 def test_headline_ranks_leave_out_a_row_lacking_a_data_set_not_the_data_set():
     from scipy import stats
 
