@@ -53,3 +53,20 @@ def test_a_broken_wandb_directory_disables_logging_only(tmp_path):
     out, record = run(tmp_path, "offline")
     assert record["tracking"]["wandb_mode"] == "disabled"
     assert "W&B could not start in offline mode" in out.stderr
+
+
+def test_a_relative_wandb_directory_is_the_runs_own_under_a_shared_wandb_service(tmp_path, monkeypatch):
+    """W&B runs of one process (and of its child processes, through ``WANDB_SERVICE``) share one service, started
+    in the working directory of the first run; a run's relative results folder must still be its own working
+    directory's, or the run's ``.wandb`` file goes missing (seen when a ``oadbench run`` subprocess followed an
+    in-process run)."""
+    from oadbench.tracking import Tracker
+
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        tracker = Tracker("offline", "oadbench", None, Path("results"), name=name, group="g", tags=[], config={})
+        tracker.log({"x": 1.0})
+        assert tracker.mode == "offline" and Path(tracker.run_dir).is_absolute()
+        tracker.finish({})
+        assert list((tmp_path / name / "results" / "wandb").glob("offline-run-*/*.wandb")), name
