@@ -6,11 +6,11 @@
 # space-separated overrides, e.g. "device=cuda threads=8") is added after every line's own overrides.
 
 lane() {  # lane index, sweep name
-  local i=$1 name=$2 n
+  local i=$1 name=$2 n extra=()
+  read -r -a extra <<< "${EXTRA:-}"
   for (( n=FIRST; n<=LAST; n++ )); do
     read -r -a words <<< "${LINES[n]}"
-    local data=("${MTD[@]}") seeds=${words[1]} methods=${words[2]} extra=()
-    read -r -a extra <<< "${EXTRA:-}"
+    local data=("${MTD[@]}") seeds=${words[1]} methods=${words[2]}
     [[ ${words[0]} == SYN ]] && data=("${SYN[@]}")
     [[ ${words[0]} == MVT ]] && data=("${MVT[@]}")
     [[ ${words[0]} == SCR ]] && data=("${SCR[@]}")

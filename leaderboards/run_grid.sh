@@ -75,7 +75,7 @@ LINES=()
 [[ $PART == all || $PART == grid ]] && LINES+=("${GRID[@]}")
 [[ $PART == all || $PART == headline ]] && LINES+=("${HEAD[@]}")
 [[ $PART == all || $PART == inreach ]] && LINES+=("${INREACH_GRID[@]}")
-[[ $PART == all || $PART == headline || $PART == inreach ]] && LINES+=("${INREACH_HEAD[@]}")
+[[ $PART != grid ]] && LINES+=("${INREACH_HEAD[@]}")
 FIRST=0
 LAST=$(( ${#LINES[@]} - 1 ))
 if [[ ${DRY_RUN:-} ]]; then printf '%s\n' "${LINES[@]}"; exit 0; fi

@@ -47,12 +47,13 @@ class Tracker:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        Path(dir).mkdir(parents=True, exist_ok=True)
         # absolute: the process's W&B service (shared with its children through WANDB_SERVICE) resolves a relative
         # directory against its own working directory: the run's .wandb file went missing
+        dir = Path(dir).resolve()
+        dir.mkdir(parents=True, exist_ok=True)
         return wandb.init(
-            mode=mode, project=project, entity=entity, dir=str(Path(dir).resolve()), name=name, group=group,
-            tags=list(tags), config=dict(config), reinit="finish_previous",
+            mode=mode, project=project, entity=entity, dir=str(dir), name=name, group=group, tags=list(tags),
+            config=dict(config), reinit="finish_previous",
             settings=wandb.Settings(console="off", x_disable_stats=True,
                                     init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 60))),
         )
